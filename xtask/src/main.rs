@@ -1,0 +1,81 @@
+//! Project automation for tsm-rs, run as `cargo xtask <command>`.
+//!
+//! One binary with few dependencies, in the style of rust-analyzer's xtask: every command a
+//! fresh Debian machine needs (system packages, Python references, tests, benchmarks) lives here
+//! so that the README's two commands do everything.
+
+mod python;
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tsm-rs project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Find missing system pieces (FFmpeg dev libraries, libclang, the ffmpeg CLI, Python venv)
+    /// and install them with apt-get when running as root on Debian/Ubuntu.
+    Setup,
+    /// Run the whole suite: setup, Python reference outputs, then `cargo test --workspace`.
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { cargo_args } => test::run(&cargo_args),
+    }
+}
+
+/// The workspace root, from this crate's manifest directory.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Runs a command, echoing it, and fails with its exit status if it does not succeed.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", display_cmd(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{}`", display_cmd(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed with {status}", display_cmd(cmd));
+    }
+    Ok(())
+}
+
+fn display_cmd(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
