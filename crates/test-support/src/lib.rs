@@ -1,0 +1,120 @@
+//! Helpers shared by the workspace's tests (a dev-dependency only).
+//!
+//! Reference outputs come from the scripts in `tests/reference/`, run by `cargo xtask test`
+//! into `target/reference/<script>/`. A test that needs them and finds none fails with a message
+//! saying how to make them: nothing is skipped.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The output folder of reference script `tests/reference/<script>.py`; panics with
+/// instructions when it has not been generated.
+pub fn reference_dir(script: &str) -> PathBuf {
+    let base = std::env::var_os("TSM_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target/reference"));
+    let dir = base.join(script);
+    assert!(
+        dir.join(".stamp").exists(),
+        "reference outputs {} are missing: run `cargo xtask test` (it builds the Python \
+         reference venv and runs tests/reference/{script}.py)",
+        dir.display()
+    );
+    dir
+}
+
+/// The shared folder (spec and media): `TSM_SHARED_DIR` or `../shared` beside the checkout.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("TSM_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("../shared"))
+}
+
+/// A video from the shared media folder; panics if absent.
+pub fn media(name: &str) -> PathBuf {
+    let p = shared_dir().join("media").join(name);
+    assert!(p.exists(), "shared media {} is missing", p.display());
+    p
+}
+
+/// A tensor read from a reference safetensors file, as f32 values and shape.
+#[derive(Debug, Clone)]
+pub struct RefTensor {
+    /// Values in row-major order, converted to f32.
+    pub data: Vec<f32>,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+}
+
+/// Reads every tensor of a safetensors file (f32, f64, i64, i32 and u8 become f32).
+pub fn read_safetensors(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
+    use safetensors::Dtype;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let raw = view.data();
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => chunks::<4>(raw).map(f32::from_le_bytes).collect(),
+                Dtype::F64 => chunks::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect(),
+                Dtype::I64 => chunks::<8>(raw).map(|b| i64::from_le_bytes(b) as f32).collect(),
+                Dtype::I32 => chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as f32).collect(),
+                Dtype::U8 => raw.iter().map(|&b| f32::from(b)).collect(),
+                other => panic!("{}: tensor {name} has unsupported dtype {other:?}", path.display()),
+            };
+            let shape = view.shape().to_vec();
+            (name, RefTensor { data, shape })
+        })
+        .collect()
+}
+
+fn chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    raw.chunks_exact(N).map(|c| c.try_into().unwrap())
+}
+
+/// Reads a JSON reference file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Runs the ffmpeg CLI with `args` (after `-y -loglevel error`); panics with its stderr on failure.
+pub fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-y", "-hide_banner", "-loglevel", "error"])
+        .args(args)
+        .output()
+        .expect("the ffmpeg CLI is required (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Mean absolute difference between two equally long slices.
+pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let sum: f64 = a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).sum();
+    (sum / a.len() as f64) as f32
+}
+
+/// Relative L2 error `|a-b| / |b|`.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (num.sqrt() / den.sqrt().max(1e-30)) as f32
+}
