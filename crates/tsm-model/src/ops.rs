@@ -1,0 +1,220 @@
+//! Operators PP-TSM needs that candle lacks: Paddle's temporal shift (a [`CustomOp1`]),
+//! exclusive ceil-mode 2x2 average pooling (ResNet-D shortcut), padded 3x3 max pooling, leaky ReLU.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Leaky ReLU's negative slope in Paddle's `F.leaky_relu` (and so in PP-TSM).
+pub const LEAKY_SLOPE: f64 = 0.01;
+
+/// `leaky_relu(x) = max(x, 0.01 x)`.
+pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
+    x.maximum(&(x * LEAKY_SLOPE)?)
+}
+
+/// Paddle's channel split for a shift ratio: `(int(C*ratio), int(C*2*ratio))`, computed in f32
+/// as Paddle's kernel does.
+pub fn shift_folds(channels: usize, ratio: f64) -> (usize, usize) {
+    let r = ratio as f32;
+    let c = channels as f32;
+    ((c * r) as usize, (c * 2.0 * r) as usize)
+}
+
+/// The op: forward, or (`reverse`) the opposite shift, which is the forward's gradient.
+#[derive(Debug, Clone, Copy)]
+struct TemporalShift {
+    num_seg: usize,
+    ratio: f64,
+    reverse: bool,
+}
+
+impl TemporalShift {
+    /// Source frame offset for channel `c`: -1, +1 or 0.
+    fn offset(&self, c: usize, c1: usize, c2: usize) -> isize {
+        let o = if c < c1 {
+            -1
+        } else if c < c2 {
+            1
+        } else {
+            0
+        };
+        if self.reverse {
+            -o
+        } else {
+            o
+        }
+    }
+
+    fn run<T: WithDType>(&self, src: &[T], dims: &[usize]) -> Vec<T> {
+        let (nt, c, hw) = (dims[0], dims[1], dims[2] * dims[3]);
+        let (c1, c2) = shift_folds(c, self.ratio);
+        let t_len = self.num_seg;
+        let mut dst = vec![T::zero(); nt * c * hw];
+        if hw == 0 {
+            return dst;
+        }
+        dst.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
+            let (frame, ch) = (plane / c, plane % c);
+            let t = (frame % t_len) as isize;
+            let src_t = t + self.offset(ch, c1, c2);
+            if (0..t_len as isize).contains(&src_t) {
+                let src_frame = (frame as isize - t + src_t) as usize;
+                let start = (src_frame * c + ch) * hw;
+                out.copy_from_slice(&src[start..start + hw]);
+            }
+        });
+        dst
+    }
+}
+
+impl CustomOp1 for TemporalShift {
+    fn name(&self) -> &'static str {
+        "temporal-shift"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("temporal_shift: input must be contiguous")
+        };
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[start..end], dims)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.run(&v[start..end], dims)),
+            CpuStorage::F16(v) => CpuStorage::F16(self.run(&v[start..end], dims)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(self.run(&v[start..end], dims)),
+            _ => candle_core::bail!("temporal_shift: only f32, f64, f16 and bf16 are supported"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _storage: &candle_core::CudaStorage,
+        _layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Err(candle_core::Error::Msg(
+            "temporal_shift: the CUDA kernel is not yet implemented (tracked as its own issue); \
+             run the model on the CPU"
+                .into(),
+        ))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let op = TemporalShift {
+            reverse: !self.reverse,
+            ..*self
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1(op)?))
+    }
+}
+
+fn check_shift_args(x: &Tensor, num_seg: usize, ratio: f64) -> Result<()> {
+    let dims = x.dims();
+    if dims.len() != 4 {
+        candle_core::bail!("temporal_shift: expected [N*T, C, H, W], got {:?}", dims)
+    }
+    if num_seg == 0 || dims[0] % num_seg != 0 {
+        candle_core::bail!(
+            "temporal_shift: batch dimension {} is not a multiple of num_seg {num_seg}",
+            dims[0]
+        )
+    }
+    if !(0.0..=0.5).contains(&ratio) {
+        candle_core::bail!("temporal_shift: ratio {ratio} must lie in [0, 0.5]")
+    }
+    Ok(())
+}
+
+/// Paddle's `F.temporal_shift(x, num_seg, ratio)` on `x: [N*T, C, H, W]`.
+///
+/// With `c1 = int(C*ratio)`, `c2 = int(C*2*ratio)`: channels `[0, c1)` at frame `t` take frame
+/// `t-1` (zeros at `t = 0`), channels `[c1, c2)` take frame `t+1` (zeros at the last frame), the
+/// rest stay. This is the opposite fold order from MIT's TSM. The gradient is the opposite shift.
+pub fn temporal_shift(x: &Tensor, num_seg: usize, ratio: f64) -> Result<Tensor> {
+    check_shift_args(x, num_seg, ratio)?;
+    x.contiguous()?.apply_op1(TemporalShift {
+        num_seg,
+        ratio,
+        reverse: false,
+    })
+}
+
+/// The same shift from `narrow`/`cat`/zero padding: slow, the reference for tests.
+pub fn temporal_shift_reference(x: &Tensor, num_seg: usize, ratio: f64) -> Result<Tensor> {
+    check_shift_args(x, num_seg, ratio)?;
+    let (nt, c, h, w) = x.dims4()?;
+    let (c1, c2) = shift_folds(c, ratio);
+    let x5 = x.reshape((nt / num_seg, num_seg, c, h, w))?;
+    let mut parts = Vec::new();
+    if c1 > 0 {
+        // from t-1: drop the last frame, pad a zero frame in front
+        let a = x5.narrow(2, 0, c1)?;
+        let a = a.narrow(1, 0, num_seg - 1)?.pad_with_zeros(1, 1, 0)?;
+        parts.push(a);
+    }
+    if c2 > c1 {
+        // from t+1: drop the first frame, pad a zero frame at the end
+        let b = x5.narrow(2, c1, c2 - c1)?;
+        let b = b.narrow(1, 1, num_seg - 1)?.pad_with_zeros(1, 0, 1)?;
+        parts.push(b);
+    }
+    if c > c2 {
+        parts.push(x5.narrow(2, c2, c - c2)?);
+    }
+    Tensor::cat(&parts, 2)?.reshape((nt, c, h, w))
+}
+
+/// Paddle's `AvgPool2D(2, stride=2, padding=0, ceil_mode=True)` (exclusive): on an odd size the
+/// last row/column of windows averages only the cells inside the input.
+pub fn avg_pool2x2_ceil(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (ph, pw) = (h % 2, w % 2);
+    if ph == 0 && pw == 0 {
+        return x.avg_pool2d(2);
+    }
+    let padded = x.pad_with_zeros(2, 0, ph)?.pad_with_zeros(3, 0, pw)?;
+    let sums = (padded.avg_pool2d(2)? * 4.0)?;
+    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+    let rows: Vec<f32> = (0..ho)
+        .map(|i| if 2 * i + 1 < h { 2.0 } else { 1.0 })
+        .collect();
+    let cols: Vec<f32> = (0..wo)
+        .map(|j| if 2 * j + 1 < w { 2.0 } else { 1.0 })
+        .collect();
+    let rows = Tensor::from_vec(rows, (ho, 1), x.device())?;
+    let cols = Tensor::from_vec(cols, (1, wo), x.device())?;
+    let counts = rows.broadcast_mul(&cols)?.to_dtype(x.dtype())?;
+    sums.broadcast_div(&counts)
+}
+
+/// Paddle's `MaxPool2D(3, stride=2, padding=1)`, built from strided views and `maximum` so that
+/// it has a backward pass (candle's `max_pool2d` has none when kernel != stride).
+pub fn max_pool3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (ho, wo) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+    // pad with -inf to 2*(ho+1) rows and 2*(wo+1) columns (1 in front, the rest behind)
+    let (hp, wp) = (2 * (ho + 1), 2 * (wo + 1));
+    let neg = |rows: usize, cols: usize| {
+        Tensor::full(f32::NEG_INFINITY, (b, c, rows, cols), x.device())?.to_dtype(x.dtype())
+    };
+    let x = Tensor::cat(&[neg(h, 1)?, x.clone(), neg(h, wp - w - 1)?], 3)?;
+    let x = Tensor::cat(&[neg(1, wp)?, x, neg(hp - h - 1, wp)?], 2)?;
+    // [b, c, ho+1, 2, wo+1, 2]: row 2i+d is (i + d/2, d%2)
+    let x = x.reshape((b, c, ho + 1, 2, wo + 1, 2))?;
+    let mut out: Option<Tensor> = None;
+    for di in 0..3 {
+        let rows = x.narrow(2, di / 2, ho)?.narrow(3, di % 2, 1)?;
+        for dj in 0..3 {
+            let v = rows.narrow(4, dj / 2, wo)?.narrow(5, dj % 2, 1)?;
+            out = Some(match out {
+                None => v,
+                Some(m) => m.maximum(&v)?,
+            });
+        }
+    }
+    match out {
+        Some(m) => m.reshape((b, c, ho, wo)),
+        None => candle_core::bail!("unreachable: empty pooling window"),
+    }
+}

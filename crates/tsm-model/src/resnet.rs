@@ -1,0 +1,349 @@
+//! ResNetTweaksTSM: PaddleVideo's ResNet-vd backbone with a temporal shift in every block.
+//!
+//! ResNet-C stem (three 3x3 convs), ResNet-B strides (on the 3x3 conv), ResNet-D shortcuts
+//! (2x2 exclusive ceil-mode average pooling before a stride-1 1x1 conv), leaky ReLU 0.01.
+//! Follows `ppvideo/paddlevideo/modeling/backbones/resnet_tweaks_tsm.py`, including its
+//! (working) BasicBlock for depths 18 and 34.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, ModuleT, VarBuilder};
+
+use crate::batch_norm::BatchNorm;
+use crate::config::TsmConfig;
+use crate::ops::{avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1, temporal_shift};
+
+/// Paddle's `ConvBNLayer`: [avg-pool 2x2 ceil] -> conv (no bias) -> BN -> [leaky ReLU].
+///
+/// Tensors: `{prefix}.conv.weight` `[out, in, k, k]` and `{prefix}.bn.*`. After
+/// [`ConvBn::fuse`], the BN is folded into the conv weight and a bias.
+#[derive(Debug, Clone)]
+pub struct ConvBn {
+    weight: Tensor,
+    bn: Option<BatchNorm>,
+    fused_bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    act: bool,
+    pool_first: bool,
+    prefix: String,
+}
+
+impl ConvBn {
+    /// A `k x k` conv from `cin` to `cout` channels, Kaiming-normal initialised when created.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        act: bool,
+        pool_first: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let fan_in = (cin * k * k) as f64;
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / fan_in).sqrt(),
+        };
+        let weight = vb.pp("conv").get_with_hints((cout, cin, k, k), "weight", init)?;
+        let bn = BatchNorm::new(cout, vb.pp("bn"))?;
+        Ok(Self {
+            weight,
+            bn: Some(bn),
+            fused_bias: None,
+            stride,
+            padding: (k - 1) / 2,
+            act,
+            pool_first,
+            prefix: vb.prefix(),
+        })
+    }
+
+    /// The same layer with the BN folded into the conv: `w' = w * scale`, `b' = shift`.
+    pub fn fuse(&self) -> Result<Self> {
+        let Some(bn) = &self.bn else {
+            return Ok(self.clone());
+        };
+        let (scale, shift) = bn.scale_shift()?;
+        let weight = self
+            .weight
+            .broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?
+            .detach();
+        Ok(Self {
+            weight,
+            bn: None,
+            fused_bias: Some(shift.detach()),
+            ..self.clone()
+        })
+    }
+
+    pub(crate) fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{}.conv.weight", self.prefix), self.weight.clone()));
+        if let Some(bn) = &self.bn {
+            bn.named_tensors(out);
+        }
+        if let Some(b) = &self.fused_bias {
+            out.push((format!("{}.conv.bias", self.prefix), b.clone()));
+        }
+    }
+}
+
+impl ModuleT for ConvBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = if self.pool_first {
+            avg_pool2x2_ceil(x)?
+        } else {
+            x.clone()
+        };
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let y = match (&self.bn, &self.fused_bias) {
+            (Some(bn), _) => bn.forward_t(&y, train)?,
+            (None, Some(b)) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            (None, None) => y,
+        };
+        if self.act {
+            leaky_relu(&y)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// The shift applied at the start of every residual branch (or none, for a plain TSN).
+#[derive(Debug, Clone, Copy)]
+struct Shift {
+    num_seg: usize,
+    ratio: Option<f64>,
+}
+
+impl Shift {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self.ratio {
+            Some(r) => temporal_shift(x, self.num_seg, r),
+            None => Ok(x.clone()),
+        }
+    }
+}
+
+/// A residual block: Bottleneck (depth >= 50) or BasicBlock (18/34).
+#[derive(Debug, Clone)]
+enum Block {
+    /// shift -> 1x1 -> 3x3 (stride) -> 1x1 (no act), shortcut, add, leaky ReLU.
+    Bottleneck {
+        conv0: ConvBn,
+        conv1: ConvBn,
+        conv2: ConvBn,
+        short: Option<ConvBn>,
+    },
+    /// shift -> 3x3 (stride) -> 3x3 (no act), shortcut, add, leaky ReLU.
+    Basic {
+        conv0: ConvBn,
+        conv1: ConvBn,
+        short: Option<ConvBn>,
+    },
+}
+
+impl Block {
+    fn forward_t(&self, x: &Tensor, shift: Shift, train: bool) -> Result<Tensor> {
+        let shifted = shift.apply(x)?;
+        let (branch, short) = match self {
+            Block::Bottleneck {
+                conv0,
+                conv1,
+                conv2,
+                short,
+            } => {
+                let y = conv0.forward_t(&shifted, train)?;
+                let y = conv1.forward_t(&y, train)?;
+                (conv2.forward_t(&y, train)?, short)
+            }
+            Block::Basic {
+                conv0,
+                conv1,
+                short,
+            } => {
+                let y = conv0.forward_t(&shifted, train)?;
+                (conv1.forward_t(&y, train)?, short)
+            }
+        };
+        // the shortcut takes the unshifted input
+        let short = match short {
+            Some(s) => s.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        leaky_relu(&(short + branch)?)
+    }
+
+    fn convs(&self) -> Vec<&ConvBn> {
+        match self {
+            Block::Bottleneck {
+                conv0,
+                conv1,
+                conv2,
+                short,
+            } => [Some(conv0), Some(conv1), Some(conv2), short.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Block::Basic {
+                conv0,
+                conv1,
+                short,
+            } => [Some(conv0), Some(conv1), short.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        }
+    }
+
+    fn map_convs(&self, f: &impl Fn(&ConvBn) -> Result<ConvBn>) -> Result<Self> {
+        let opt = |s: &Option<ConvBn>| s.as_ref().map(f).transpose();
+        Ok(match self {
+            Block::Bottleneck {
+                conv0,
+                conv1,
+                conv2,
+                short,
+            } => Block::Bottleneck {
+                conv0: f(conv0)?,
+                conv1: f(conv1)?,
+                conv2: f(conv2)?,
+                short: opt(short)?,
+            },
+            Block::Basic {
+                conv0,
+                conv1,
+                short,
+            } => Block::Basic {
+                conv0: f(conv0)?,
+                conv1: f(conv1)?,
+                short: opt(short)?,
+            },
+        })
+    }
+}
+
+/// The name of block `i` of stage `stage` (0-based), as PaddleVideo's state dicts have it:
+/// `bb_{stage}_{i}` for Bottleneck depths, `res{stage+2}{a,b,...}` for BasicBlock depths.
+pub fn block_name(cfg: &TsmConfig, stage: usize, i: usize) -> String {
+    if cfg.is_bottleneck() {
+        format!("bb_{stage}_{i}")
+    } else {
+        let letter = char::from(b'a' + (i as u8));
+        format!("res{}{letter}", stage + 2)
+    }
+}
+
+/// The backbone: `[N*T, 3, H, W]` -> `[N*T, C, H/32, W/32]` feature maps.
+#[derive(Debug, Clone)]
+pub struct ResNetTweaksTsm {
+    stem: [ConvBn; 3],
+    blocks: Vec<Block>,
+    shift: Shift,
+}
+
+impl ResNetTweaksTsm {
+    /// Builds the backbone for `cfg` under `vb` (`backbone` in [`crate::Tsm`]).
+    pub fn new(cfg: &TsmConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let Some(stages) = cfg.stage_blocks() else {
+            candle_core::bail!("unsupported depth {}", cfg.depth)
+        };
+        let stem = [
+            ConvBn::new(3, 32, 3, 2, true, false, vb.pp("conv1_1"))?,
+            ConvBn::new(32, 32, 3, 1, true, false, vb.pp("conv1_2"))?,
+            ConvBn::new(32, 64, 3, 1, true, false, vb.pp("conv1_3"))?,
+        ];
+        let widths = [64, 128, 256, 512];
+        let mut blocks = Vec::new();
+        let mut cin = 64;
+        for (stage, (&n, &width)) in stages.iter().zip(&widths).enumerate() {
+            for i in 0..n {
+                let vb = vb.pp(block_name(cfg, stage, i));
+                let stride = if i == 0 && stage != 0 { 2 } else { 1 };
+                let block = if cfg.is_bottleneck() {
+                    let cout = width * 4;
+                    let short = if i == 0 {
+                        // ResNet-D: pool then stride-1 conv, except the very first block
+                        let pool = stage != 0;
+                        Some(ConvBn::new(cin, cout, 1, 1, false, pool, vb.pp("short"))?)
+                    } else {
+                        None
+                    };
+                    Block::Bottleneck {
+                        conv0: ConvBn::new(cin, width, 1, 1, true, false, vb.pp("conv0"))?,
+                        conv1: ConvBn::new(width, width, 3, stride, true, false, vb.pp("conv1"))?,
+                        conv2: ConvBn::new(width, cout, 1, 1, false, false, vb.pp("conv2"))?,
+                        short,
+                    }
+                } else {
+                    let short = if i == 0 {
+                        // ppvideo's BasicBlock: a strided 1x1 projection, no pooling
+                        Some(ConvBn::new(cin, width, 1, stride, false, false, vb.pp("short"))?)
+                    } else {
+                        None
+                    };
+                    Block::Basic {
+                        conv0: ConvBn::new(cin, width, 3, stride, true, false, vb.pp("conv0"))?,
+                        conv1: ConvBn::new(width, width, 3, 1, false, false, vb.pp("conv1"))?,
+                        short,
+                    }
+                };
+                blocks.push(block);
+                cin = if cfg.is_bottleneck() { width * 4 } else { width };
+            }
+        }
+        let shift = Shift {
+            num_seg: cfg.num_seg,
+            ratio: cfg.shift.then(|| cfg.effective_shift_ratio()),
+        };
+        Ok(Self {
+            stem,
+            blocks,
+            shift,
+        })
+    }
+
+    /// The same backbone with every BN folded into its conv (inference only).
+    pub fn fuse(&self) -> Result<Self> {
+        let f = |c: &ConvBn| c.fuse();
+        Ok(Self {
+            stem: [
+                self.stem[0].fuse()?,
+                self.stem[1].fuse()?,
+                self.stem[2].fuse()?,
+            ],
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.map_convs(&f))
+                .collect::<Result<_>>()?,
+            shift: self.shift,
+        })
+    }
+
+    pub(crate) fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
+        for c in &self.stem {
+            c.named_tensors(out);
+        }
+        for b in &self.blocks {
+            for c in b.convs() {
+                c.named_tensors(out);
+            }
+        }
+    }
+}
+
+impl ModuleT for ResNetTweaksTsm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = x.clone();
+        for c in &self.stem {
+            y = c.forward_t(&y, train)?;
+        }
+        let mut y = max_pool3x3_s2_p1(&y)?;
+        for b in &self.blocks {
+            y = b.forward_t(&y, self.shift, train)?;
+        }
+        Ok(y)
+    }
+}
