@@ -75,7 +75,7 @@ impl RandomCrop {
             frames.width(),
             frames.height(),
         )?;
-        frames.crop("RandomCrop", square(offset.x, offset.y, self.target_size))
+        frames.crop_as("RandomCrop", square(offset.x, offset.y, self.target_size))
     }
 }
 
@@ -120,7 +120,7 @@ impl CenterCrop {
     /// Crops the centre.
     pub fn apply<'a>(&self, frames: Frames<'a>) -> Result<Frames<'a>> {
         let o = self.offset(frames.width(), frames.height())?;
-        frames.crop("CenterCrop", square(o.x, o.y, self.target_size))
+        frames.crop_as("CenterCrop", square(o.x, o.y, self.target_size))
     }
 }
 
@@ -161,7 +161,7 @@ impl ThreeCrop {
             .map(|o| {
                 frames
                     .clone()
-                    .crop("ThreeCrop", square(o.x, o.y, self.target_size))
+                    .crop_as("ThreeCrop", square(o.x, o.y, self.target_size))
             })
             .collect()
     }
@@ -198,7 +198,7 @@ impl TenCrop {
         for o in self.offsets(frames.width(), frames.height())? {
             let v = frames
                 .clone()
-                .crop("TenCrop", square(o.x, o.y, self.target_size))?;
+                .crop_as("TenCrop", square(o.x, o.y, self.target_size))?;
             views.push(v.clone());
             views.push(v.flip());
         }

@@ -130,9 +130,14 @@ impl<'a> Frames<'a> {
         self.flipped
     }
 
-    /// Crops to the `width` x `height` box at (`x`, `y`) of the clip as it now is, without
-    /// copying. The box must lie inside the clip.
-    pub fn crop(mut self, transform: &'static str, r: Rect) -> Result<Self> {
+    /// Crops to box `r` of the clip as it now is, without copying. The box must lie inside the
+    /// clip.
+    pub fn crop(self, r: Rect) -> Result<Self> {
+        self.crop_as("crop", r)
+    }
+
+    /// [`Frames::crop`], naming `transform` in errors.
+    pub(crate) fn crop_as(mut self, transform: &'static str, r: Rect) -> Result<Self> {
         let fits =
             r.x.checked_add(r.width)
                 .is_some_and(|e| e <= self.rect.width)
@@ -178,7 +183,17 @@ impl<'a> Frames<'a> {
 
     /// Resizes every frame to `width` x `height` like Pillow's `Image.resize(size, BILINEAR)`
     /// (a convolution, antialiased when shrinking). The pending crop is read in place.
-    pub fn resize(self, transform: &'static str, width: u32, height: u32) -> Result<Frames<'a>> {
+    pub fn resize(self, width: u32, height: u32) -> Result<Frames<'a>> {
+        self.resize_as("resize", width, height)
+    }
+
+    /// [`Frames::resize`], naming `transform` in errors.
+    pub(crate) fn resize_as(
+        self,
+        transform: &'static str,
+        width: u32,
+        height: u32,
+    ) -> Result<Frames<'a>> {
         if width == 0 || height == 0 {
             return Err(Error::EmptyImage {
                 transform,
@@ -197,7 +212,7 @@ impl<'a> Frames<'a> {
             width: w,
             height: h,
         } = self.rect;
-        // One resizer per clip: it keeps its scratch buffers from frame to frame.
+        // One resizer for all frames: it keeps its scratch buffers from frame to frame.
         let mut resizer = Resizer::new();
         // Pillow resizes horizontally, rounds to u8, then resizes vertically; fast_image_resize
         // does u8 images vertically first. The order changes the rounding, so when both sides
@@ -217,7 +232,8 @@ impl<'a> Frames<'a> {
                 resizer.resize(&view, &mut dst, &opts)?;
             }
             if self.flipped {
-                // Mirroring commutes with resizing (Pillow's kernels are symmetric).
+                // Mirroring commutes with resizing (symmetric kernels), up to the last bit of rounding;
+                // no preset flips before a resize.
                 image::imageops::flip_horizontal_in_place(&mut dst);
             }
             out.push(dst);
@@ -242,7 +258,7 @@ impl<'a> Frames<'a> {
                     let (sx, sy) = (x + i64::from(dx), y + i64::from(dy));
                     if let (Ok(sx), Ok(sy)) = (u32::try_from(sx), u32::try_from(sy)) {
                         if sx < self.rect.width && sy < self.rect.height {
-                            *px = image::Rgb(self.pixel(t, sx, sy));
+                            *px = image::Rgb(self.stored_pixel(t, sx, sy));
                         }
                     }
                 }
@@ -252,9 +268,15 @@ impl<'a> Frames<'a> {
         Frames::from_vec(out)
     }
 
-    /// The pixel at (`x`, `y`) of frame `t` of the clip as it now is. Panics out of range;
-    /// meant for tests and slow paths.
-    pub fn pixel(&self, t: usize, x: u32, y: u32) -> [u8; 3] {
+    /// The pixel at (`x`, `y`) of frame `t` of the clip as it now is, if there is one. For
+    /// tests and inspection: reading a clip pixel by pixel is slow.
+    pub fn pixel(&self, t: usize, x: u32, y: u32) -> Option<[u8; 3]> {
+        (t < self.len() && x < self.rect.width && y < self.rect.height)
+            .then(|| self.stored_pixel(t, x, y))
+    }
+
+    /// [`Frames::pixel`] for coordinates known to be in range.
+    fn stored_pixel(&self, t: usize, x: u32, y: u32) -> [u8; 3] {
         let sx = if self.flipped {
             self.rect.x + self.rect.width - 1 - x
         } else {
@@ -277,7 +299,7 @@ impl<'a> Frames<'a> {
         (0..self.len())
             .map(|t| {
                 RgbImage::from_fn(self.rect.width, self.rect.height, |x, y| {
-                    image::Rgb(self.pixel(t, x, y))
+                    image::Rgb(self.stored_pixel(t, x, y))
                 })
             })
             .collect()

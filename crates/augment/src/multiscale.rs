@@ -238,9 +238,9 @@ impl MultiScaleCrop {
                 width: bw,
                 height: bh,
             };
-            frames.crop(NAME, rect)?.resize(NAME, t, t)
+            frames.crop_as(NAME, rect)?.resize_as(NAME, t, t)
         } else {
-            frames.crop_padded(x0, y0, bw, bh)?.resize(NAME, t, t)
+            frames.crop_padded(x0, y0, bw, bh)?.resize_as(NAME, t, t)
         }
     }
 }

@@ -79,6 +79,6 @@ impl Scale {
                 height: h,
             });
         }
-        frames.resize("Scale", w, h)
+        frames.resize_as("Scale", w, h)
     }
 }
