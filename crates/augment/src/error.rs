@@ -4,6 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Reading the sample's frames failed (the message names the file).
+    #[error(transparent)]
+    Video(#[from] video_io::Error),
     /// A clip needs at least one frame.
     #[error("empty clip: no frames")]
     EmptyClip,

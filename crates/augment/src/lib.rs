@@ -14,10 +14,13 @@
 //!   applying it (`apply`), so the same seed gives the same clip and tests can fix choices.
 //! - Crops and flips copy nothing: they narrow a view that the next resize or the final
 //!   normalisation reads. Nothing runs in parallel inside: the loader runs clips in parallel.
+//! - [`ClipLoader`] joins this to `video-io`: a sample's location in, its clip(s) out, decoding
+//!   only the sampled frames.
 //! - No tensors library: the output is a plain `Vec<f32>`.
 
 #![warn(missing_docs)]
 
+mod clip_loader;
 mod crop;
 mod error;
 mod flip;
@@ -28,6 +31,7 @@ mod normalize;
 mod pipeline;
 mod scale;
 
+pub use clip_loader::{ClipLoader, LoadedClip};
 pub use crop::{CenterCrop, Offset, RandomCrop, TenCrop, ThreeCrop};
 pub use error::{Error, Result};
 pub use flip::RandomFlip;
