@@ -4,6 +4,7 @@
 //! fresh Debian machine needs (system packages, Python references, tests, benchmarks) lives here
 //! so that the README's two commands do everything.
 
+mod convert_weights;
 mod python;
 mod setup;
 mod test;
@@ -32,6 +33,9 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Convert PaddleVideo `.pdparams` weights to a tsm-model safetensors checkpoint
+    /// (`--inspect FILE` lists a file's keys, dtypes and shapes).
+    ConvertWeights(convert_weights::ConvertArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
         Cmd::Test { cargo_args } => test::run(&cargo_args),
+        Cmd::ConvertWeights(args) => convert_weights::run(args),
     }
 }
 

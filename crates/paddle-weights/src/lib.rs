@@ -29,20 +29,20 @@ pub const BIG_PARAM_KEY: &str = "UnpackBigParamInfor@@";
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The pickle is malformed, truncated or hostile.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Pickle {
         /// The file.
         path: PathBuf,
         /// What the reader found, with its byte offset.
-        source: PickleError,
+        cause: PickleError,
     },
     /// The pickle is valid but is not a `.pdparams` state dict.
     #[error("{path}: not a Paddle state dict: {msg}")]
@@ -61,7 +61,9 @@ pub enum WeightsError {
         msg: String,
     },
     /// A tensor's shape differs from what the model needs.
-    #[error("key `{key}` (ours `{ours}`): shape {found:?} in the file, the model needs {expected:?}")]
+    #[error(
+        "key `{key}` (ours `{ours}`): shape {found:?} in the file, the model needs {expected:?}"
+    )]
     ShapeMismatch {
         /// The Paddle key.
         key: String,
@@ -88,14 +90,14 @@ pub enum WeightsError {
 
 /// Reads a `.pdparams` file into named arrays, in file order.
 pub fn read_pdparams(path: &Path) -> Result<Vec<(String, NdArray)>, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
+    let bytes = std::fs::read(path).map_err(|cause| WeightsError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     parse_pdparams(&bytes).map_err(|e| match e {
-        ParseError::Pickle(source) => WeightsError::Pickle {
+        ParseError::Pickle(cause) => WeightsError::Pickle {
             path: path.to_path_buf(),
-            source,
+            cause,
         },
         ParseError::Structure(msg) => WeightsError::NotAStateDict {
             path: path.to_path_buf(),
@@ -120,7 +122,9 @@ pub enum ParseError {
 pub fn parse_pdparams(bytes: &[u8]) -> Result<Vec<(String, NdArray)>, ParseError> {
     let value = pickle::parse(bytes).map_err(ParseError::Pickle)?;
     let Value::Dict(items, _) = value else {
-        return Err(ParseError::Structure("the top-level value is not a dict".into()));
+        return Err(ParseError::Structure(
+            "the top-level value is not a dict".into(),
+        ));
     };
     let mut arrays: Vec<(String, NdArray)> = Vec::new();
     let mut big: Vec<(String, Value)> = Vec::new();
@@ -142,7 +146,10 @@ pub fn parse_pdparams(bytes: &[u8]) -> Result<Vec<(String, NdArray)>, ParseError
             other => {
                 return Err(ParseError::Entry(
                     key,
-                    format!("expected an array, found a {other:?}").chars().take(80).collect(),
+                    format!("expected an array, found a {other:?}")
+                        .chars()
+                        .take(80)
+                        .collect(),
                 ))
             }
         }
@@ -310,7 +317,11 @@ impl std::fmt::Display for Report {
                 c.depth,
                 c.num_seg,
                 c.num_classes,
-                if c.num_classes == 0 { " (backbone only)" } else { "" }
+                if c.num_classes == 0 {
+                    " (backbone only)"
+                } else {
+                    ""
+                }
             )?;
         }
         writeln!(f, "converted: {} tensors", self.converted.len())?;
@@ -483,7 +494,9 @@ pub fn convert(
         report.converted.push((key.to_string(), ours.clone()));
         out.push((ours.clone(), t));
     }
-    report.unused.extend(by_ours.values().map(|(k, _, _)| k.to_string()));
+    report
+        .unused
+        .extend(by_ours.values().map(|(k, _, _)| k.to_string()));
     report.config = Some(cfg);
     Ok((out, report))
 }
@@ -518,8 +531,11 @@ pub fn convert_file(
     Ok(report)
 }
 
+/// One `--inspect` line: key, numpy dtype name, shape.
+pub type InspectEntry = (String, &'static str, Vec<usize>);
+
 /// `(key, dtype, shape)` of every array in a `.pdparams` file, for `--inspect`.
-pub fn inspect(path: &Path) -> Result<Vec<(String, &'static str, Vec<usize>)>, WeightsError> {
+pub fn inspect(path: &Path) -> Result<Vec<InspectEntry>, WeightsError> {
     Ok(read_pdparams(path)?
         .into_iter()
         .map(|(k, a)| (k, a.dtype.name(), a.shape))

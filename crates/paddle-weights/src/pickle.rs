@@ -31,7 +31,9 @@ pub enum PickleError {
         needed: usize,
     },
     /// A length field claims more bytes than the file has left.
-    #[error("byte {offset}: opcode {opcode:#04x} claims {claimed} bytes but only {available} remain")]
+    #[error(
+        "byte {offset}: opcode {opcode:#04x} claims {claimed} bytes but only {available} remain"
+    )]
     LengthTooLarge {
         /// Offset of the opcode.
         offset: usize,
@@ -367,7 +369,9 @@ impl Machine<'_> {
         if self.stack.len() <= floor {
             return Err(self.r.invalid("stack underflow"));
         }
-        self.stack.pop().ok_or_else(|| self.r.invalid("stack underflow"))
+        self.stack
+            .pop()
+            .ok_or_else(|| self.r.invalid("stack underflow"))
     }
 
     fn top(&mut self) -> Result<&mut Value, PickleError> {
@@ -411,9 +415,9 @@ impl Machine<'_> {
     fn memo_get(&mut self, idx: u32) -> Result<(), PickleError> {
         match self.memo.get(&idx) {
             None => Err(self.r.invalid(format!("memo index {idx} was never stored"))),
-            Some(Value::MutableRef) => Err(self
-                .r
-                .invalid(format!("memo index {idx}: shared references to a list or dict are not supported"))),
+            Some(Value::MutableRef) => Err(self.r.invalid(format!(
+                "memo index {idx}: shared references to a list or dict are not supported"
+            ))),
             Some(v) => {
                 let v = v.clone();
                 self.push(v);
@@ -441,7 +445,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.r.invalid("SETITEMS with an odd number of items"));
         }
         let err = self.r.invalid("SETITEM(S) needs a dict below its items");
@@ -485,7 +489,9 @@ impl Machine<'_> {
             0x80 => {
                 let proto = self.r.u8()?;
                 if !(2..=5).contains(&proto) {
-                    return Err(self.r.invalid(format!("pickle protocol {proto} (2-5 supported)")));
+                    return Err(self
+                        .r
+                        .invalid(format!("pickle protocol {proto} (2-5 supported)")));
                 }
             }
             0x95 => {
@@ -550,7 +556,8 @@ impl Machine<'_> {
             b'T' => {
                 // BINSTRING (Python 2 str), read as latin-1 text
                 let n = i32::from_le_bytes(self.r.le()?);
-                let n = u64::try_from(n).map_err(|_| self.r.invalid("negative BINSTRING length"))?;
+                let n =
+                    u64::try_from(n).map_err(|_| self.r.invalid("negative BINSTRING length"))?;
                 let b = self.r.payload(n)?;
                 self.push(latin1(b))
             }
@@ -575,7 +582,9 @@ impl Machine<'_> {
                 self.push(Value::Bytes(Rc::new(b.to_vec())))
             }
             0x97 | 0x98 => {
-                return Err(self.r.invalid("out-of-band buffers (protocol 5) are not supported"))
+                return Err(self
+                    .r
+                    .invalid("out-of-band buffers (protocol 5) are not supported"))
             }
             b'q' => {
                 let i = self.r.u8()?;
@@ -586,8 +595,8 @@ impl Machine<'_> {
                 self.memo_put(i)?
             }
             0x94 => {
-                let i = u32::try_from(self.memo.len())
-                    .map_err(|_| self.r.invalid("memo overflow"))?;
+                let i =
+                    u32::try_from(self.memo.len()).map_err(|_| self.r.invalid("memo overflow"))?;
                 self.memo_put(i)?
             }
             b'h' => {
@@ -704,7 +713,10 @@ impl Machine<'_> {
                     .ok_or_else(|| bad("a character outside latin-1"))
             }
             (Global::OrderedDict, []) => Ok(Value::Dict(Vec::new(), 1)),
-            (Global::FromBuffer, [Value::Bytes(buf), Value::Dtype(dtype), Value::Tuple(shape, _), Value::Str(order)]) => {
+            (
+                Global::FromBuffer,
+                [Value::Bytes(buf), Value::Dtype(dtype), Value::Tuple(shape, _), Value::Str(order)],
+            ) => {
                 let shape = shape_of(shape).ok_or_else(|| bad("shape is not a tuple of sizes"))?;
                 let arr = array(*dtype, shape, buf.clone(), order.as_ref() == "F")
                     .map_err(|m| bad(&m))?;
@@ -720,7 +732,8 @@ impl Machine<'_> {
             (Value::Array(None), Value::Tuple(st, _)) => match st.as_slice() {
                 [Value::Int(_), Value::Tuple(shape, _), Value::Dtype(dtype), Value::Bool(fortran), Value::Bytes(raw)] =>
                 {
-                    let shape = shape_of(shape).ok_or_else(|| bad("shape is not a tuple of sizes"))?;
+                    let shape =
+                        shape_of(shape).ok_or_else(|| bad("shape is not a tuple of sizes"))?;
                     let arr = array(*dtype, shape, raw.clone(), *fortran).map_err(|m| bad(&m))?;
                     Ok(Value::Array(Some(Rc::new(arr))))
                 }
@@ -748,7 +761,12 @@ fn shape_of(items: &[Value]) -> Option<Vec<usize>> {
         .collect()
 }
 
-fn array(dtype: Dtype, shape: Vec<usize>, data: Rc<Vec<u8>>, fortran: bool) -> Result<NdArray, String> {
+fn array(
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Rc<Vec<u8>>,
+    fortran: bool,
+) -> Result<NdArray, String> {
     let bytes = shape
         .iter()
         .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))

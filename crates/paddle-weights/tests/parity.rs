@@ -20,13 +20,26 @@ fn check(case: &str) {
     for file in meta["pdparams"].as_array().unwrap() {
         let file = file.as_str().unwrap();
         let out = tmp.path().join(format!("{file}.safetensors"));
-        let opts = ConvertOptions { num_seg, ..Default::default() };
+        let opts = ConvertOptions {
+            num_seg,
+            ..Default::default()
+        };
         let report = convert_file(&dir.join(file), &out, &opts).unwrap();
         let cfg = report.config.clone().unwrap();
         assert_eq!(cfg.depth as u64, meta["depth"].as_u64().unwrap());
-        assert!(report.unused.is_empty(), "{case}: unused {:?}", report.unused);
+        assert!(
+            report.unused.is_empty(),
+            "{case}: unused {:?}",
+            report.unused
+        );
         let model = Tsm::load(&out, &Device::Cpu).unwrap();
-        let feats = model.features(&clips).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let feats = model
+            .features(&clips)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let e_feat = test_support::rel_l2(&feats, &outputs["features"].data);
         let mut msg = format!("{case} ({file}): features rel L2 {e_feat:.2e}");
         if let Some(want) = outputs.get("logits") {

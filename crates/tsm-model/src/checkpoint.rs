@@ -10,9 +10,9 @@ use crate::config::{TsmConfig, CONFIG_METADATA_KEY};
 use crate::error::TsmError;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TsmError + '_ {
-    move |source| TsmError::Io {
+    move |cause| TsmError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -30,18 +30,48 @@ pub fn write_safetensors(
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), TsmError> {
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap_or_default());
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).unwrap_or_default(),
+    );
     let mut data: Vec<u8> = Vec::new();
     for (name, t) in tensors {
         let flat = t.flatten_all()?;
         let (dtype, bytes): (&str, Vec<u8>) = match t.dtype() {
-            DType::F32 => ("F32", flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::F64 => ("F64", flat.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::I64 => ("I64", flat.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::U32 => ("U32", flat.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::F32 => (
+                "F32",
+                flat.to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::F64 => (
+                "F64",
+                flat.to_vec1::<f64>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::I64 => (
+                "I64",
+                flat.to_vec1::<i64>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::U32 => (
+                "U32",
+                flat.to_vec1::<u32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
             DType::U8 => ("U8", flat.to_vec1::<u8>()?),
             other => {
-                return Err(meta_err(path, format!("{name}: cannot write dtype {other:?}")));
+                return Err(meta_err(
+                    path,
+                    format!("{name}: cannot write dtype {other:?}"),
+                ));
             }
         };
         let begin = data.len();
@@ -90,16 +120,18 @@ pub fn read_checkpoint(
     let bytes = std::fs::read(path).map_err(io(path))?;
     let meta = read_metadata(path, &bytes)?;
     let json = meta.get(CONFIG_METADATA_KEY).ok_or_else(|| {
-        meta_err(path, format!("no `{CONFIG_METADATA_KEY}` in the safetensors metadata"))
+        meta_err(
+            path,
+            format!("no `{CONFIG_METADATA_KEY}` in the safetensors metadata"),
+        )
     })?;
     let cfg: TsmConfig = serde_json::from_str(json)
         .map_err(|e| meta_err(path, format!("{CONFIG_METADATA_KEY}: {e}")))?;
     cfg.validate().map_err(|m| meta_err(path, m))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|source| {
-        TsmError::Model {
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|cause| TsmError::Model {
             path: path.to_path_buf(),
-            source,
-        }
-    })?;
+            cause,
+        })?;
     Ok((cfg, tensors))
 }

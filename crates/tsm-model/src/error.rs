@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TsmError {
     /// Reading or writing the file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The safetensors header or its metadata is malformed or lacks the model config.
     #[error("{path}: {msg}")]
@@ -22,12 +22,12 @@ pub enum TsmError {
         msg: String,
     },
     /// The tensors do not make the model the config describes (a missing name, a wrong shape).
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Model {
         /// The file.
         path: PathBuf,
         /// candle's error, naming the tensor.
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
     /// A tensor operation failed.
     #[error(transparent)]

@@ -62,7 +62,7 @@ impl PpTsmHead {
 /// `[N*T, C, h, w]` -> mean over h, w -> optional dropout -> `[N, T, C]` -> mean over T.
 fn pool_features(maps: &Tensor, num_seg: usize, dropout: Option<f32>) -> Result<Tensor> {
     let (nt, c, _, _) = maps.dims4()?;
-    if nt % num_seg != 0 {
+    if !nt.is_multiple_of(num_seg) {
         candle_core::bail!("{nt} frames do not make whole clips of {num_seg}")
     }
     let mut x = maps.mean((2, 3))?;
@@ -140,9 +140,9 @@ impl Tsm {
         let path = path.as_ref();
         let (cfg, tensors) = read_checkpoint(path, device)?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
-        Tsm::new(&cfg, vb).map_err(|source| TsmError::Model {
+        Tsm::new(&cfg, vb).map_err(|cause| TsmError::Model {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
     }
 
@@ -155,7 +155,9 @@ impl Tsm {
             path: path.as_ref().to_path_buf(),
             msg: e.to_string(),
         })?;
-        let meta = [(CONFIG_METADATA_KEY.to_string(), cfg)].into_iter().collect();
+        let meta = [(CONFIG_METADATA_KEY.to_string(), cfg)]
+            .into_iter()
+            .collect();
         write_safetensors(path.as_ref(), &self.named_tensors(), &meta)
     }
 
@@ -270,7 +272,9 @@ pub fn parameter_shapes(cfg: &TsmConfig) -> Result<Vec<(String, Vec<usize>)>> {
 
 /// A VarBuilder backend that records the names and shapes asked for.
 #[derive(Clone, Default)]
-struct ShapeRecorder(std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<usize>)>>>);
+struct ShapeRecorder(std::sync::Arc<std::sync::Mutex<NameShapes>>);
+
+type NameShapes = Vec<(String, Vec<usize>)>;
 
 impl candle_nn::var_builder::SimpleBackend for ShapeRecorder {
     fn get(

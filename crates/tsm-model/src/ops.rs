@@ -114,7 +114,7 @@ fn check_shift_args(x: &Tensor, num_seg: usize, ratio: f64) -> Result<()> {
     if dims.len() != 4 {
         candle_core::bail!("temporal_shift: expected [N*T, C, H, W], got {:?}", dims)
     }
-    if num_seg == 0 || dims[0] % num_seg != 0 {
+    if num_seg == 0 || !dims[0].is_multiple_of(num_seg) {
         candle_core::bail!(
             "temporal_shift: batch dimension {} is not a multiple of num_seg {num_seg}",
             dims[0]

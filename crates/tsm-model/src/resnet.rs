@@ -45,7 +45,9 @@ impl ConvBn {
             mean: 0.0,
             stdev: (2.0 / fan_in).sqrt(),
         };
-        let weight = vb.pp("conv").get_with_hints((cout, cin, k, k), "weight", init)?;
+        let weight = vb
+            .pp("conv")
+            .get_with_hints((cout, cin, k, k), "weight", init)?;
         let bn = BatchNorm::new(cout, vb.pp("bn"))?;
         Ok(Self {
             weight,
@@ -279,7 +281,15 @@ impl ResNetTweaksTsm {
                 } else {
                     let short = if i == 0 {
                         // ppvideo's BasicBlock: a strided 1x1 projection, no pooling
-                        Some(ConvBn::new(cin, width, 1, stride, false, false, vb.pp("short"))?)
+                        Some(ConvBn::new(
+                            cin,
+                            width,
+                            1,
+                            stride,
+                            false,
+                            false,
+                            vb.pp("short"),
+                        )?)
                     } else {
                         None
                     };
@@ -290,7 +300,11 @@ impl ResNetTweaksTsm {
                     }
                 };
                 blocks.push(block);
-                cin = if cfg.is_bottleneck() { width * 4 } else { width };
+                cin = if cfg.is_bottleneck() {
+                    width * 4
+                } else {
+                    width
+                };
             }
         }
         let shift = Shift {

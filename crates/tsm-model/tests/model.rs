@@ -14,11 +14,20 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
 /// A model with random weights and random BN statistics (so fusion and I/O are really tested).
 fn random_model(cfg: &TsmConfig) -> (Tsm, VarMap) {
     let varmap = VarMap::new();
-    let model = Tsm::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    let model = Tsm::new(
+        cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     for (name, var) in varmap.data().lock().unwrap().iter() {
         let n = var.as_tensor().elem_count();
         let shape = var.as_tensor().shape().clone();
-        let r = |lo: f32, hi: f32| Tensor::rand(lo, hi, n, &Device::Cpu).unwrap().reshape(&shape).unwrap();
+        let r = |lo: f32, hi: f32| {
+            Tensor::rand(lo, hi, n, &Device::Cpu)
+                .unwrap()
+                .reshape(&shape)
+                .unwrap()
+        };
         if name.ends_with("running_var") || name.ends_with("bn.weight") {
             var.set(&r(0.5, 1.5)).unwrap();
         } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
@@ -35,19 +44,30 @@ fn clips(n: usize, t: usize, s: usize) -> Tensor {
 #[test]
 fn presets_and_config_json() {
     let c = TsmConfig::pptsm_r50(400);
-    assert_eq!((c.depth, c.num_seg, c.num_classes, c.shift), (50, 8, 400, true));
+    assert_eq!(
+        (c.depth, c.num_seg, c.num_classes, c.shift),
+        (50, 8, 400, true)
+    );
     assert_eq!(c.effective_shift_ratio(), 0.125);
     let json = serde_json::to_string(&c).unwrap();
     assert_eq!(serde_json::from_str::<TsmConfig>(&json).unwrap(), c);
     // optional fields default
-    let c: TsmConfig = serde_json::from_str(r#"{"depth":18,"num_seg":16,"num_classes":3}"#).unwrap();
+    let c: TsmConfig =
+        serde_json::from_str(r#"{"depth":18,"num_seg":16,"num_classes":3}"#).unwrap();
     assert!(c.shift && c.shift_ratio.is_none() && c.dropout == 0.5);
-    assert!(TsmConfig::pptsm(42, 3).validate().unwrap_err().contains("depth 42"));
+    assert!(TsmConfig::pptsm(42, 3)
+        .validate()
+        .unwrap_err()
+        .contains("depth 42"));
 }
 
 #[test]
 fn names_follow_paddle_structure() {
-    let names: Vec<String> = parameter_shapes(&TsmConfig::pptsm_r50(10)).unwrap().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = parameter_shapes(&TsmConfig::pptsm_r50(10))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     for n in [
         "backbone.conv1_1.conv.weight",
         "backbone.conv1_1.bn.running_var",
@@ -67,7 +87,9 @@ fn names_follow_paddle_structure() {
     // 18: 3 stem + 8 blocks * 2 + 4 shortcuts
     assert_eq!(shapes.len(), (3 + 16 + 4) * 5 + 2);
     let d101 = parameter_shapes(&TsmConfig::pptsm_r101(5)).unwrap();
-    assert!(d101.iter().any(|(n, _)| n == "backbone.bb_2_22.conv2.bn.running_mean"));
+    assert!(d101
+        .iter()
+        .any(|(n, _)| n == "backbone.bb_2_22.conv2.bn.running_mean"));
 }
 
 #[test]
@@ -79,7 +101,11 @@ fn forward_shapes_and_features() {
     assert_eq!(m.features(&x).unwrap().dims(), &[2, 512]);
     assert_eq!(m.feature_maps_t(&x, false).unwrap().dims(), &[8, 512, 2, 2]);
     // wrong clip length
-    assert!(m.forward(&clips(1, 3, 40)).unwrap_err().to_string().contains("num_seg"));
+    assert!(m
+        .forward(&clips(1, 3, 40))
+        .unwrap_err()
+        .to_string()
+        .contains("num_seg"));
     // backbone without head returns features
     let (b, _) = random_model(&TsmConfig::pptsm_r18(0).with_num_seg(4));
     assert_eq!(b.forward(&x).unwrap().dims(), &[2, 512]);
@@ -89,23 +115,34 @@ fn forward_shapes_and_features() {
 fn shift_switch_changes_the_output() {
     let cfg = TsmConfig::pptsm_r18(3).with_num_seg(2);
     let (m, varmap) = random_model(&cfg);
-    let off = TsmConfig { shift: false, ..cfg };
+    let off = TsmConfig {
+        shift: false,
+        ..cfg
+    };
     // the same weights without shift
     let mut tensors = std::collections::HashMap::new();
     for (k, v) in varmap.data().lock().unwrap().iter() {
         tensors.insert(k.clone(), v.as_tensor().clone());
     }
-    let tsn = Tsm::new(&off, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)).unwrap();
+    let tsn = Tsm::new(
+        &off,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     let x = clips(1, 2, 32);
     assert!(rel(&m.forward(&x).unwrap(), &tsn.forward(&x).unwrap()) > 1e-3);
     // frames shuffled within a clip: TSN (mean of per-frame features) does not care
-    let swapped = Tensor::cat(&[x.narrow(1, 1, 1).unwrap(), x.narrow(1, 0, 1).unwrap()], 1).unwrap();
+    let swapped =
+        Tensor::cat(&[x.narrow(1, 1, 1).unwrap(), x.narrow(1, 0, 1).unwrap()], 1).unwrap();
     assert!(rel(&tsn.forward(&x).unwrap(), &tsn.forward(&swapped).unwrap()) < 1e-5);
 }
 
 #[test]
 fn fused_equals_unfused() {
-    for cfg in [TsmConfig::pptsm_r18(6).with_num_seg(2), TsmConfig::pptsm_r50(6).with_num_seg(2)] {
+    for cfg in [
+        TsmConfig::pptsm_r18(6).with_num_seg(2),
+        TsmConfig::pptsm_r50(6).with_num_seg(2),
+    ] {
         let (m, _) = random_model(&cfg);
         let x = clips(1, 2, 45);
         let fused = m.fuse_for_inference().unwrap();
@@ -113,7 +150,9 @@ fn fused_equals_unfused() {
         let e = rel(&b, &a);
         assert!(e <= 1e-5, "depth {}: rel {e}", cfg.depth);
         assert!(fused.forward_t(&x, true).is_err());
-        assert!(fused.save(std::env::temp_dir().join("never.safetensors")).is_err());
+        assert!(fused
+            .save(std::env::temp_dir().join("never.safetensors"))
+            .is_err());
     }
 }
 
@@ -126,7 +165,10 @@ fn save_load_round_trip_keeps_bn_statistics() {
     let before = m.forward(&x).unwrap();
     let _ = m.forward_t(&x, true).unwrap();
     let after = m.forward(&x).unwrap();
-    assert!(rel(&after, &before) > 1e-4, "training mode did not update the running stats");
+    assert!(
+        rel(&after, &before) > 1e-4,
+        "training mode did not update the running stats"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     m.save(&path).unwrap();
@@ -153,7 +195,12 @@ fn load_errors_name_the_problem() {
     let e = Tsm::load(&p, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("tsm_config"), "{e}");
     // a config but no tensors: the error names the first tensor
-    let meta = [("tsm_config".to_string(), serde_json::to_string(&TsmConfig::pptsm_r18(2)).unwrap())].into_iter().collect();
+    let meta = [(
+        "tsm_config".to_string(),
+        serde_json::to_string(&TsmConfig::pptsm_r18(2)).unwrap(),
+    )]
+    .into_iter()
+    .collect();
     tsm_model::write_safetensors(&p, &[], &meta).unwrap();
     let e = Tsm::load(&p, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("backbone.conv1_1.conv.weight"), "{e}");
@@ -161,12 +208,18 @@ fn load_errors_name_the_problem() {
 
 #[test]
 fn gradients_flow_in_training_mode() {
-    let cfg = TsmConfig { dropout: 0.0, ..TsmConfig::pptsm_r18(3).with_num_seg(2) };
+    let cfg = TsmConfig {
+        dropout: 0.0,
+        ..TsmConfig::pptsm_r18(3).with_num_seg(2)
+    };
     let (m, varmap) = random_model(&cfg);
     let logits = m.forward_t(&clips(2, 2, 32), true).unwrap();
     let loss = logits.sqr().unwrap().mean_all().unwrap();
     let grads = loss.backward().unwrap();
     let vars = Tsm::trainable_vars(&varmap);
-    let with_grad = vars.iter().filter(|v| grads.get(v.as_tensor()).is_some()).count();
+    let with_grad = vars
+        .iter()
+        .filter(|v| grads.get(v.as_tensor()).is_some())
+        .count();
     assert_eq!(with_grad, vars.len());
 }

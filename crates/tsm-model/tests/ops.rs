@@ -8,7 +8,16 @@ use tsm_model::ops::{
 };
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(D::Minus1)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn randn(shape: &[usize]) -> Tensor {
@@ -28,7 +37,12 @@ fn shift_direction_is_paddles() {
     // N=1, T=3, C=4 (ratio 1/4: channel 0 from t-1, channel 1 from t+1), 1x1 maps
     let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
     let x = Tensor::from_vec(v, (3, 4, 1, 1), &Device::Cpu).unwrap();
-    let y = temporal_shift(&x, 3, 0.25).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let y = temporal_shift(&x, 3, 0.25)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     #[rustfmt::skip]
     let want = [
         0., 5., 2., 3.,
@@ -40,7 +54,13 @@ fn shift_direction_is_paddles() {
 
 #[test]
 fn shift_fast_equals_reference() {
-    for (n, t, c, h, w, r) in [(2, 8, 16, 3, 5, 0.125), (1, 4, 10, 2, 3, 0.25), (3, 3, 7, 4, 4, 1.0 / 3.0), (2, 1, 8, 2, 2, 0.125), (1, 5, 3, 1, 1, 0.0)] {
+    for (n, t, c, h, w, r) in [
+        (2, 8, 16, 3, 5, 0.125),
+        (1, 4, 10, 2, 3, 0.25),
+        (3, 3, 7, 4, 4, 1.0 / 3.0),
+        (2, 1, 8, 2, 2, 0.125),
+        (1, 5, 3, 1, 1, 0.0),
+    ] {
         let x = randn(&[n * t, c, h, w]);
         let fast = temporal_shift(&x, t, r).unwrap();
         let slow = temporal_shift_reference(&x, t, r).unwrap();
@@ -58,9 +78,15 @@ fn shift_gradient_is_the_opposite_shift() {
     let (t, c) = (4, 8);
     let x = Var::from_tensor(&randn(&[2 * t, c, 3, 2])).unwrap();
     let g = randn(&[2 * t, c, 3, 2]);
-    let loss = (temporal_shift(&x, t, 0.25).unwrap() * &g).unwrap().sum_all().unwrap();
+    let loss = (temporal_shift(&x, t, 0.25).unwrap() * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let fast = loss.backward().unwrap().get(&x).unwrap().clone();
-    let loss = (temporal_shift_reference(&x, t, 0.25).unwrap() * &g).unwrap().sum_all().unwrap();
+    let loss = (temporal_shift_reference(&x, t, 0.25).unwrap() * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let slow = loss.backward().unwrap().get(&x).unwrap().clone();
     assert_eq!(max_diff(&fast, &slow), 0.0);
 }
@@ -89,23 +115,42 @@ fn shift_and_gradient_match_paddle() {
         let x = Var::from_tensor(&get(&format!("{i}.x"))).unwrap();
         let g = get(&format!("{i}.grad_out"));
         let y = temporal_shift(&x, num_seg, ratio).unwrap();
-        assert_eq!(max_diff(&y, &get(&format!("{i}.y"))), 0.0, "case {i} forward");
+        assert_eq!(
+            max_diff(&y, &get(&format!("{i}.y"))),
+            0.0,
+            "case {i} forward"
+        );
         let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
         let dx = grads.get(&x).unwrap();
-        assert_eq!(max_diff(dx, &get(&format!("{i}.grad_x"))), 0.0, "case {i} gradient");
+        assert_eq!(
+            max_diff(dx, &get(&format!("{i}.grad_x"))),
+            0.0,
+            "case {i} gradient"
+        );
     }
 }
 
 #[test]
 fn avg_pool_ceil_is_exclusive() {
-    let x = Tensor::arange(0f32, 9.0, &Device::Cpu).unwrap().reshape((1, 1, 3, 3)).unwrap();
-    let y = avg_pool2x2_ceil(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let x = Tensor::arange(0f32, 9.0, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 3, 3))
+        .unwrap();
+    let y = avg_pool2x2_ceil(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(y, [2.0, 3.5, 6.5, 8.0]);
     // even sizes: plain 2x2 average pooling
     let x = randn(&[2, 3, 4, 6]);
     assert!(max_diff(&avg_pool2x2_ceil(&x).unwrap(), &x.avg_pool2d(2).unwrap()) < 1e-6);
     // mixed: 5x4
-    let x = Tensor::arange(0f32, 20.0, &Device::Cpu).unwrap().reshape((1, 1, 5, 4)).unwrap();
+    let x = Tensor::arange(0f32, 20.0, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 5, 4))
+        .unwrap();
     let y = avg_pool2x2_ceil(&x).unwrap();
     assert_eq!(y.dims(), &[1, 1, 3, 2]);
     let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -145,5 +190,8 @@ fn max_pool_pads_like_paddle() {
 #[test]
 fn leaky_relu_slope_is_one_hundredth() {
     let x = Tensor::new(&[-2f32, 0.0, 3.0], &Device::Cpu).unwrap();
-    assert_eq!(leaky_relu(&x).unwrap().to_vec1::<f32>().unwrap(), [-0.02, 0.0, 3.0]);
+    assert_eq!(
+        leaky_relu(&x).unwrap().to_vec1::<f32>().unwrap(),
+        [-0.02, 0.0, 3.0]
+    );
 }
