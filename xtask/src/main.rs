@@ -4,6 +4,7 @@
 //! fresh Debian machine needs (system packages, Python references, tests, benchmarks) lives here
 //! so that the README's two commands do everything.
 
+mod bench;
 mod convert_weights;
 mod python;
 mod setup;
@@ -36,6 +37,22 @@ enum Cmd {
     /// Convert PaddleVideo `.pdparams` weights to a tsm-model safetensors checkpoint
     /// (`--inspect FILE` lists a file's keys, dtypes and shapes).
     ConvertWeights(convert_weights::ConvertArgs),
+    /// Benchmarks, each against its baseline in the same run; prints a table of ratios.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Decoding + transforms: ffmpeg CLI, the tutorial's pipeline, decord and ours, on generated
+    /// UCF101-like and Kinetics-like corpora.
+    Pipeline {
+        /// Smaller corpora (8 + 2 videos) for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +70,9 @@ fn run() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Test { cargo_args } => test::run(&cargo_args),
         Cmd::ConvertWeights(args) => convert_weights::run(args),
+        Cmd::Bench {
+            what: BenchWhat::Pipeline { quick },
+        } => bench::pipeline(quick),
     }
 }
 

@@ -68,11 +68,20 @@ pub fn read_safetensors(path: &Path) -> std::collections::BTreeMap<String, RefTe
             let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
                 Dtype::F32 => chunks::<4>(raw).map(f32::from_le_bytes).collect(),
-                Dtype::F64 => chunks::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect(),
-                Dtype::I64 => chunks::<8>(raw).map(|b| i64::from_le_bytes(b) as f32).collect(),
-                Dtype::I32 => chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as f32).collect(),
+                Dtype::F64 => chunks::<8>(raw)
+                    .map(|b| f64::from_le_bytes(b) as f32)
+                    .collect(),
+                Dtype::I64 => chunks::<8>(raw)
+                    .map(|b| i64::from_le_bytes(b) as f32)
+                    .collect(),
+                Dtype::I32 => chunks::<4>(raw)
+                    .map(|b| i32::from_le_bytes(b) as f32)
+                    .collect(),
                 Dtype::U8 => raw.iter().map(|&b| f32::from(b)).collect(),
-                other => panic!("{}: tensor {name} has unsupported dtype {other:?}", path.display()),
+                other => panic!(
+                    "{}: tensor {name} has unsupported dtype {other:?}",
+                    path.display()
+                ),
             };
             let shape = view.shape().to_vec();
             (name, RefTensor { data, shape })

@@ -1,0 +1,308 @@
+//! `cargo xtask bench pipeline`: the data path, ours against the baselines, in one run.
+//!
+//! Generates two corpora with the ffmpeg CLI (cached under `target/bench/corpus`), then times
+//! each method in its own process so that peak RSS is per method: the ffmpeg CLI decoding every
+//! frame (the floor for decode-everything), the tutorial's Python pipeline, decord's `get_batch`
+//! of the sampled indices followed by the tutorial's transforms, and ours on one thread and on
+//! all cores. One table, ratios to the tutorial's pipeline.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{project_root, python, run_cmd};
+
+/// One corpus: its name, the files, and how they were made.
+struct Corpus {
+    name: &'static str,
+    files: Vec<PathBuf>,
+}
+
+fn ffmpeg(args: &[&str]) -> Result<()> {
+    run_cmd(
+        Command::new("ffmpeg")
+            .args(["-y", "-hide_banner", "-loglevel", "error"])
+            .args(args),
+    )
+}
+
+/// Makes `path` with `args` unless it exists (written to a temporary name, then renamed, so a
+/// killed run leaves no half file that looks complete).
+fn make(path: &Path, args: &[&str]) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let tmp = path.with_extension(format!(
+        "part.{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("mp4")
+    ));
+    let mut a: Vec<&str> = args.to_vec();
+    let tmp_s = tmp.to_str().context("non-UTF-8 path")?;
+    a.push(tmp_s);
+    ffmpeg(&a)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn shared_media(name: &str) -> Result<String> {
+    let p = python::shared_dir().join("media").join(name);
+    if !p.exists() {
+        bail!("{} is missing (set TSM_SHARED_DIR)", p.display());
+    }
+    Ok(p.to_string_lossy().into_owned())
+}
+
+/// UCF101-like: 320x240, 25 fps, xvid .avi with mpeg4's default GOP (12), 4 to 10 s, cut from
+/// real footage at different offsets. Kinetics-like: 1280x720 H.264, 10 s.
+fn corpora(ucf_count: usize, k400_count: usize) -> Result<Vec<Corpus>> {
+    let dir = project_root().join("target/bench/corpus");
+    std::fs::create_dir_all(&dir)?;
+    let bikes = shared_media("bikes.mp4")?;
+    let bunny = shared_media("bigbuckbunny.mp4")?;
+    let mut ucf = Vec::new();
+    for i in 0..ucf_count {
+        let secs = 4 + (i * 5) % 7; // 4..10 s
+        let p = dir.join(format!("ucf_{i:02}.avi"));
+        let start = format!("{}", (i * 3) % 5);
+        let dur = secs.to_string();
+        make(
+            &p,
+            &[
+                "-stream_loop",
+                "-1",
+                "-ss",
+                &start,
+                "-i",
+                &bikes,
+                "-t",
+                &dur,
+                "-vf",
+                "scale=320:240",
+                "-r",
+                "25",
+                "-c:v",
+                "mpeg4",
+                "-vtag",
+                "xvid",
+                "-q:v",
+                "5",
+                "-an",
+            ],
+        )?;
+        ucf.push(p);
+    }
+    let mut k400 = Vec::new();
+    for i in 0..k400_count {
+        let p = dir.join(format!("k400_{i:02}.mp4"));
+        let start = format!("{:.1}", i as f64 * 0.7);
+        make(
+            &p,
+            &[
+                "-stream_loop",
+                "-1",
+                "-ss",
+                &start,
+                "-i",
+                &bunny,
+                "-t",
+                "10",
+                "-vf",
+                "scale=1280:720",
+                "-r",
+                "30",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "fast",
+                "-crf",
+                "23",
+                "-pix_fmt",
+                "yuv420p",
+                "-an",
+            ],
+        )?;
+        k400.push(p);
+    }
+    Ok(vec![
+        Corpus {
+            name: "ucf101-like",
+            files: ucf,
+        },
+        Corpus {
+            name: "kinetics-like",
+            files: k400,
+        },
+    ])
+}
+
+/// A 10-minute 1080p H.264 video for the memory check.
+fn long_video() -> Result<PathBuf> {
+    let p = project_root().join("target/bench/corpus/long_1080p.mp4");
+    make(
+        &p,
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1920x1080:rate=25",
+            "-t",
+            "600",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "250",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )?;
+    Ok(p)
+}
+
+/// What one method reported.
+#[derive(Debug)]
+struct Measurement {
+    clips: f64,
+    seconds: f64,
+    peak_rss_mb: f64,
+}
+
+impl Measurement {
+    fn clips_per_s(&self) -> f64 {
+        self.clips / self.seconds
+    }
+}
+
+/// Parses the one JSON line `{"clips": .., "seconds": .., "peak_rss_mb": ..}` a bench process
+/// prints last.
+fn parse_measurement(stdout: &str) -> Result<Measurement> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("bench process printed no result line")?;
+    let field = |k: &str| -> Result<f64> {
+        let at = line
+            .find(&format!("\"{k}\""))
+            .with_context(|| format!("no {k} in {line}"))?;
+        let rest = &line[at + k.len() + 2..];
+        let rest = rest.trim_start_matches([':', ' ']);
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        Ok(rest[..end].trim().parse()?)
+    };
+    Ok(Measurement {
+        clips: field("clips")?,
+        seconds: field("seconds")?,
+        peak_rss_mb: field("peak_rss_mb")?,
+    })
+}
+
+fn measure(cmd: &mut Command) -> Result<Measurement> {
+    eprintln!("xtask: bench: {cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
+    parse_measurement(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn write_list(name: &str, files: &[PathBuf]) -> Result<PathBuf> {
+    let p = project_root().join(format!("target/bench/{name}.txt"));
+    let text: String = files
+        .iter()
+        .map(|f| format!("{} 0\n", f.display()))
+        .collect();
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+/// Runs the pipeline benchmark and prints the table.
+pub fn pipeline(quick: bool) -> Result<()> {
+    crate::setup::run()?;
+    let python = python::venv_python()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd(Command::new(&cargo).current_dir(project_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "augment",
+        "--example",
+        "pipeline_bench",
+    ]))?;
+    let ours = project_root().join("target/release/examples/pipeline_bench");
+    let script = project_root().join("tests/bench/pipeline_baselines.py");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ucf_n, k_n) = if quick { (8, 2) } else { (40, 6) };
+    let mut rows: Vec<(String, String, String, Measurement)> = Vec::new();
+    for corpus in corpora(ucf_n, k_n)? {
+        let list = write_list(corpus.name, &corpus.files)?;
+        for mode in ["valid", "train"] {
+            let baseline = |method: &str| {
+                let mut c = Command::new(&python);
+                c.arg(&script)
+                    .args([method, mode])
+                    .arg(&list)
+                    .env("TSM_SHARED_DIR", python::shared_dir());
+                c
+            };
+            let mut methods: Vec<(String, Command)> = Vec::new();
+            if mode == "valid" {
+                methods.push((
+                    "ffmpeg CLI, all frames, 1 thread".into(),
+                    baseline("ffmpeg"),
+                ));
+            }
+            methods.push(("tutorial (OpenCV + PIL)".into(), baseline("tutorial")));
+            methods.push(("decord get_batch + PIL".into(), baseline("decord")));
+            for threads in [1, cores] {
+                let mut c = Command::new(&ours);
+                c.args(["--mode", mode, "--threads", &threads.to_string()])
+                    .arg(&list);
+                methods.push((format!("tsm-rs, {threads} thread(s)"), c));
+            }
+            for (label, mut cmd) in methods {
+                let m = measure(&mut cmd)?;
+                rows.push((corpus.name.to_string(), mode.to_string(), label, m));
+            }
+        }
+    }
+    print_table(&rows, cores);
+    let long = long_video()?;
+    let mem = measure(
+        Command::new(&ours)
+            .args(["--mode", "valid", "--threads", "1", "--repeat", "20"])
+            .arg(&long),
+    )?;
+    println!(
+        "\nmemory: 10-minute 1080p H.264, valid mode, 20 clips: peak RSS {:.0} MB ({:.2} clips/s)",
+        mem.peak_rss_mb,
+        mem.clips_per_s()
+    );
+    Ok(())
+}
+
+fn print_table(rows: &[(String, String, String, Measurement)], cores: usize) {
+    println!(
+        "\npipeline benchmark: {cores} cores, 8 segments x 224 crop, clips/s (higher is better)"
+    );
+    println!(
+        "| corpus | mode | method | clips/s | x tutorial | peak RSS MB |\n|---|---|---|---:|---:|---:|"
+    );
+    for (corpus, mode, label, m) in rows {
+        let tutorial = rows
+            .iter()
+            .find(|r| &r.0 == corpus && &r.1 == mode && r.2.starts_with("tutorial"))
+            .map(|r| r.3.clips_per_s());
+        let ratio = tutorial.map_or("-".to_string(), |t| format!("{:.2}", m.clips_per_s() / t));
+        println!(
+            "| {corpus} | {mode} | {label} | {:.2} | {ratio} | {:.0} |",
+            m.clips_per_s(),
+            m.peak_rss_mb
+        );
+    }
+}
