@@ -20,4 +20,4 @@ pub use folder::FrameFolder;
 pub use list::{parse_list, read_list, ListEntry, ListFormat, ListOptions, SampleLocation};
 pub use sampler::{SampleMode, Sampling};
 pub use source::{read_clip, ClipFrames, FrameSource};
-pub use video::{DecodeOptions, VideoReader};
+pub use video::{DecodeOptions, DecodeStats, VideoReader};

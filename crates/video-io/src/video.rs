@@ -102,8 +102,18 @@ pub struct VideoReader {
     /// Decode position of the next packet to be read, when known.
     read_pos: Option<usize>,
     scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
-    /// Packets the decoder rejected while reading (corrupt data), for diagnostics.
-    decode_errors: usize,
+    stats: DecodeStats,
+}
+
+/// What a reader has done so far: to check that sampling decodes only what it needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Packets sent to the decoder.
+    pub packets_decoded: usize,
+    /// Seeks made.
+    pub seeks: usize,
+    /// Packets the decoder rejected (corrupt data).
+    pub decode_errors: usize,
 }
 
 impl std::fmt::Debug for VideoReader {
@@ -154,7 +164,7 @@ impl VideoReader {
             mode: Mode::Sequential(0),
             read_pos: Some(0),
             scaler: None,
-            decode_errors: 0,
+            stats: DecodeStats::default(),
         };
         reader.mode = match reader.scan_packets()? {
             Some(index) => Mode::Indexed(index),
@@ -174,6 +184,11 @@ impl VideoReader {
             Mode::Indexed(ix) => ix.packets.len(),
             Mode::Sequential(n) => *n,
         }
+    }
+
+    /// Counters of the work done so far.
+    pub fn stats(&self) -> DecodeStats {
+        self.stats
     }
 
     /// Whether the reader fell back to sequential decoding (the packet index was unusable).
@@ -227,10 +242,9 @@ impl VideoReader {
     fn scan_packets(&mut self) -> Result<Option<PacketIndex>> {
         let mut packets = Vec::new();
         let mut usable = true;
-        let mut packet = ffmpeg::Packet::empty();
         loop {
-            match packet.read(&mut self.input) {
-                Ok(()) => {}
+            let packet = match next_packet(&mut self.input) {
+                Ok(p) => p,
                 Err(ffmpeg::Error::Eof) => break,
                 // A read error mid-file (truncation, garbage): the index ends here, and is
                 // verified by decoding.
@@ -238,7 +252,7 @@ impl VideoReader {
                     usable = false;
                     break;
                 }
-            }
+            };
             if packet.stream() != self.stream {
                 continue;
             }
@@ -307,15 +321,15 @@ impl VideoReader {
         mut on_frame: impl FnMut(&ffmpeg::frame::Video, usize) -> bool,
     ) -> Result<()> {
         let mut frame = ffmpeg::frame::Video::empty();
-        let mut packet = ffmpeg::Packet::empty();
         let mut ordinal = 0usize;
         let mut eof = false;
         while !eof {
-            match packet.read(&mut self.input) {
-                Ok(()) if packet.stream() != self.stream => continue,
-                Ok(()) => {
+            match next_packet(&mut self.input) {
+                Ok(packet) if packet.stream() != self.stream => continue,
+                Ok(packet) => {
+                    self.stats.packets_decoded += 1;
                     if self.decoder.send_packet(&packet).is_err() {
-                        self.decode_errors += 1;
+                        self.stats.decode_errors += 1;
                     }
                 }
                 Err(_) => {
@@ -386,7 +400,6 @@ impl VideoReader {
         let mut got: HashMap<i64, RgbImage> = HashMap::with_capacity(targets.len());
         let single_thread = self.options.threads == 1;
         let mut frame = ffmpeg::frame::Video::empty();
-        let mut packet = ffmpeg::Packet::empty();
 
         for (k, &(pts, d, key)) in plan.iter().enumerate() {
             if got.contains_key(&pts) {
@@ -398,8 +411,9 @@ impl VideoReader {
                 // cheaper only if no keyframe lies between here and the target.
                 Some(pos) => key > pos || d < pos,
             };
+            let mut attempt = 0;
             if must_seek {
-                self.seek_to(packets[k])?;
+                self.seek_to(packets[k], attempt)?;
             }
             let mut eof = false;
             // Packets after a seek until the first keyframe cannot be decoded cleanly.
@@ -408,9 +422,9 @@ impl VideoReader {
                 if eof {
                     return Ok(Err(IndexMismatch));
                 }
-                match packet.read(&mut self.input) {
-                    Ok(()) if packet.stream() != self.stream => continue,
-                    Ok(()) => {
+                match next_packet(&mut self.input) {
+                    Ok(packet) if packet.stream() != self.stream => continue,
+                    Ok(packet) => {
                         if packet_discarded(&packet) {
                             continue;
                         }
@@ -427,8 +441,13 @@ impl VideoReader {
                         self.read_pos = Some(pos + 1);
                         if need_key {
                             if pos > d {
-                                // The demuxer landed after the target.
-                                return Ok(Err(IndexMismatch));
+                                // The demuxer landed after the target: seek another way.
+                                attempt += 1;
+                                if attempt > 2 {
+                                    return Ok(Err(IndexMismatch));
+                                }
+                                self.seek_to(packets[k], attempt)?;
+                                continue;
                             }
                             if !packet.is_key() {
                                 continue;
@@ -443,8 +462,9 @@ impl VideoReader {
                                 Discard::NonReference
                             });
                         }
+                        self.stats.packets_decoded += 1;
                         if self.decoder.send_packet(&packet).is_err() {
-                            self.decode_errors += 1;
+                            self.stats.decode_errors += 1;
                         }
                     }
                     Err(_) => {
@@ -475,15 +495,24 @@ impl VideoReader {
         Ok(Ok(out))
     }
 
-    /// Seeks the demuxer to the keyframe `to` (by its dts, backward) and resets the decoder.
-    fn seek_to(&mut self, to: PacketInfo) -> Result<()> {
+    /// Seeks the demuxer backward to the keyframe `to` and resets the decoder. Demuxers index
+    /// by different clocks (MP4 by a shifted decode time, AVI by frame number), so attempt 0
+    /// seeks by the keyframe's pts, attempt 1 by its dts, and attempt 2 starts over from the
+    /// beginning; the caller checks where each landed.
+    fn seek_to(&mut self, to: PacketInfo, attempt: u8) -> Result<()> {
+        self.stats.seeks += 1;
+        let ts = match attempt {
+            0 => to.pts,
+            1 => to.dts,
+            _ => return self.rewind(),
+        };
         // SAFETY: the context pointer is valid for the reader's lifetime; av_seek_frame only
         // repositions the demuxer.
         let ret = unsafe {
             ffmpeg::ffi::av_seek_frame(
                 self.input.as_mut_ptr(),
                 self.stream as i32,
-                to.dts,
+                ts,
                 ffmpeg::ffi::AVSEEK_FLAG_BACKWARD as i32,
             )
         };
@@ -496,6 +525,15 @@ impl VideoReader {
         }
         Ok(())
     }
+}
+
+/// Reads the next packet into a fresh `Packet`: `av_read_frame` does not release what a packet
+/// already holds, so reusing one would leak every payload read.
+fn next_packet(
+    input: &mut ffmpeg::format::context::Input,
+) -> std::result::Result<ffmpeg::Packet, ffmpeg::Error> {
+    let mut packet = ffmpeg::Packet::empty();
+    packet.read(input).map(|()| packet)
 }
 
 fn packet_discarded(packet: &ffmpeg::Packet) -> bool {

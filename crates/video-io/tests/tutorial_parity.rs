@@ -137,3 +137,31 @@ fn any_order_and_repeats_give_the_same_frames_as_one_sequential_pass() {
         }
     }
 }
+
+#[test]
+fn sampling_decodes_only_from_the_keyframe_before_each_frame() {
+    for (name, path, rec) in cases() {
+        let frames_len = rec["frames_len"].as_u64().unwrap() as usize;
+        let mut reader = VideoReader::open(&path, DecodeOptions::default()).unwrap();
+        let valid = TSM8
+            .indices_with_choices(frames_len, SampleMode::Valid, &[])
+            .unwrap();
+        reader.frames(&valid).unwrap();
+        let stats = reader.stats();
+        // Never more than one pass over the video (a seek that lands on an earlier keyframe
+        // than asked would decode the start again).
+        assert!(
+            stats.packets_decoded <= frames_len,
+            "{name}: {stats:?} for {frames_len} frames"
+        );
+        if name.starts_with("ucf_") {
+            // Keyframe every 12 frames: at most 12 packets per sampled frame, well under a
+            // full decode.
+            assert!(stats.packets_decoded <= 8 * 12, "{name}: {stats:?}");
+            assert!(
+                stats.packets_decoded < frames_len * 6 / 10,
+                "{name}: {stats:?}"
+            );
+        }
+    }
+}
