@@ -527,6 +527,51 @@ impl VideoReader {
     }
 }
 
+/// Opens the container. Unlike `ffmpeg::format::input` this accepts any path the OS does
+/// (non-UTF-8 names would panic there) and skips `avformat_find_stream_info`, which decodes
+/// frames to fill in stream details, when the header already names the video codec and size:
+/// the decoder finds the rest itself, and that probe costs as much as a few frames of decoding.
+fn open_input(path: &Path) -> Result<ffmpeg::format::context::Input> {
+    use std::os::unix::ffi::OsStrExt;
+    let not_video = |reason: String| Error::NotAVideo {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| not_video("path contains a NUL byte".into()))?;
+    let mut ctx = std::ptr::null_mut();
+    // SAFETY: `ctx` starts null as avformat_open_input requires; on failure it frees the
+    // context and leaves `ctx` null, on success `Input::wrap` takes ownership (closing it on
+    // drop), and the stream pointers read below belong to that live context.
+    unsafe {
+        let ret = ffmpeg::ffi::avformat_open_input(
+            &mut ctx,
+            c_path.as_ptr(),
+            std::ptr::null(),
+            std::ptr::null_mut(),
+        );
+        if ret < 0 {
+            return Err(not_video(ffmpeg::Error::from(ret).to_string()));
+        }
+        let input = ffmpeg::format::context::Input::wrap(ctx);
+        let streams = std::slice::from_raw_parts((*ctx).streams, (*ctx).nb_streams as usize);
+        let header_suffices = streams.iter().any(|&st| {
+            let par = &*(*st).codecpar;
+            par.codec_type == ffmpeg::ffi::AVMediaType::AVMEDIA_TYPE_VIDEO
+                && par.codec_id != ffmpeg::ffi::AVCodecID::AV_CODEC_ID_NONE
+                && par.width > 0
+                && par.height > 0
+        });
+        if !header_suffices {
+            let ret = ffmpeg::ffi::avformat_find_stream_info(ctx, std::ptr::null_mut());
+            if ret < 0 {
+                return Err(not_video(ffmpeg::Error::from(ret).to_string()));
+            }
+        }
+        Ok(input)
+    }
+}
+
 /// Reads the next packet into a fresh `Packet`: `av_read_frame` does not release what a packet
 /// already holds, so reusing one would leak every payload read.
 fn next_packet(
@@ -550,10 +595,7 @@ fn open_stream(
     usize,
     ffmpeg::decoder::Video,
 )> {
-    let mut input = ffmpeg::format::input(path).map_err(|e| Error::NotAVideo {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let mut input = open_input(path)?;
     let Some(stream) = input.streams().best(MediaType::Video) else {
         let kinds: Vec<String> = input
             .streams()

@@ -235,3 +235,17 @@ fn frame_folder_missing_image_names_the_image() {
     let e = FrameFolder::open(dir.path().join("absent"), 3).unwrap_err();
     assert!(e.to_string().contains("absent"), "{e}");
 }
+
+#[test]
+fn non_utf8_file_names_open() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let clip = ucf_clip(dir.path());
+    let odd = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9 clip.avi"));
+    std::fs::copy(&clip, &odd).unwrap();
+    let mut r = open(&odd).unwrap();
+    assert_eq!(r.num_frames(), 100);
+    r.frames(&[50]).unwrap();
+}
