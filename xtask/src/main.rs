@@ -5,7 +5,6 @@
 //! so that the README's two commands do everything.
 
 mod bench;
-mod convert_weights;
 mod python;
 mod setup;
 mod test;
@@ -36,7 +35,13 @@ enum Cmd {
     },
     /// Convert PaddleVideo `.pdparams` weights to a tsm-model safetensors checkpoint
     /// (`--inspect FILE` lists a file's keys, dtypes and shapes).
-    ConvertWeights(convert_weights::ConvertArgs),
+    /// Convert PaddleVideo `.pdparams` to a tsm-model safetensors checkpoint (runs the
+    /// `convert-weights` binary of crates/paddle-weights; `--help` shows its options).
+    #[command(disable_help_flag = true)]
+    ConvertWeights {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks, each against its baseline in the same run; prints a table of ratios.
     Bench {
         #[command(subcommand)]
@@ -69,7 +74,15 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
         Cmd::Test { cargo_args } => test::run(&cargo_args),
-        Cmd::ConvertWeights(args) => convert_weights::run(args),
+        Cmd::ConvertWeights { args } => run_cmd(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                // The user's working directory is kept, so relative paths mean what they say.
+                .args(["run", "--release", "--quiet", "--manifest-path"])
+                .arg(project_root().join("Cargo.toml"))
+                .args(["-p", "paddle-weights", "--bin"])
+                .args(["convert-weights", "--"])
+                .args(args),
+        ),
         Cmd::Bench {
             what: BenchWhat::Pipeline { quick },
         } => bench::pipeline(quick),

@@ -1,14 +1,19 @@
-//! `cargo xtask convert-weights`: PaddleVideo `.pdparams` -> tsm-model safetensors, or
-//! `--inspect` to list a file's keys, dtypes and shapes.
+//! `convert-weights` (run as `cargo xtask convert-weights`): PaddleVideo `.pdparams` ->
+//! tsm-model safetensors, or `--inspect` to list a file's keys, dtypes and shapes.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::Parser;
 
-/// Arguments of `convert-weights`.
-#[derive(Args, Debug)]
-pub struct ConvertArgs {
+/// Converts PaddleVideo `.pdparams` weights into a tsm-model safetensors checkpoint.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask convert-weights",
+    after_help = "Example:\n  cargo xtask convert-weights ppTSM_k400_uniform.pdparams pptsm_k400.safetensors --num-seg 8"
+)]
+struct ConvertArgs {
     /// The `.pdparams` file (PaddleVideo PP-TSM weights, or an ImageNet ResNet*_vd backbone).
     input: PathBuf,
     /// The safetensors checkpoint to write (not used with --inspect).
@@ -36,7 +41,17 @@ fn auto_or_number(flag: &str, v: &str) -> Result<Option<usize>> {
         .with_context(|| format!("--{flag} must be `auto` or a number, not `{v}`"))
 }
 
-pub fn run(args: ConvertArgs) -> Result<()> {
+fn main() -> ExitCode {
+    match run(ConvertArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: ConvertArgs) -> Result<()> {
     if args.inspect {
         let entries = paddle_weights::inspect(&args.input)?;
         for (key, dtype, shape) in &entries {
