@@ -513,7 +513,7 @@ impl VideoReader {
                 self.input.as_mut_ptr(),
                 self.stream as i32,
                 ts,
-                ffmpeg::ffi::AVSEEK_FLAG_BACKWARD as i32,
+                ffmpeg::ffi::AVSEEK_FLAG_BACKWARD,
             )
         };
         if ret < 0 {
