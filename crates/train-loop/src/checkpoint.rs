@@ -1,0 +1,201 @@
+//! Checkpoints: the model as a tsm-model safetensors file and a training-state safetensors file
+//! beside it (velocities, schedule position, epoch, step, seed, best score, resolved config).
+//! Each file is written under a temporary name, fsynced and renamed, so a killed run leaves
+//! either the old file or the new one; both carry the global step, so a pair torn by a kill
+//! between the two renames is recognised and skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tsm_model::{read_metadata, write_safetensors, TsmConfig, CONFIG_METADATA_KEY};
+
+use crate::error::{io, Error, Result};
+
+/// Metadata key of the training state (JSON) in a state file, and of the step in a model file.
+pub const STATE_METADATA_KEY: &str = "train_state";
+/// Metadata key of the global step in a model checkpoint.
+pub const STEP_METADATA_KEY: &str = "global_step";
+/// Metadata key of the resolved training config (JSON) in a state file.
+pub const TRAIN_CONFIG_METADATA_KEY: &str = "train_config";
+
+/// Where training stands after a completed epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub global_step: u64,
+    /// The schedule's position, in epochs.
+    pub lr_position: f64,
+    /// The run's seed (every random stream derives from it and the epoch).
+    pub seed: u64,
+    /// Best validation top-1 so far.
+    pub best_top1: f64,
+    /// The epoch (1-based) that reached it; 0 before any validation.
+    pub best_epoch: usize,
+}
+
+/// The two files of checkpoint `stem` in `dir`.
+pub fn checkpoint_paths(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{stem}.safetensors")),
+        dir.join(format!("{stem}.state.safetensors")),
+    )
+}
+
+/// The stem of the checkpoint after epoch `epoch` (1-based).
+pub fn epoch_stem(epoch: usize) -> String {
+    format!("epoch_{epoch:05}")
+}
+
+/// Runs `write` on a temporary path beside `path`, then fsyncs it and renames it to `path`.
+fn atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write(&tmp)?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        // The rename itself is durable only once the directory is synced.
+        File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes checkpoint `stem`: model tensors with `cfg`, then the state with velocities.
+pub fn save(
+    dir: &Path,
+    stem: &str,
+    cfg: &TsmConfig,
+    model: &[(String, Tensor)],
+    velocities: &[(String, Tensor)],
+    state: &TrainState,
+    train_config_json: &str,
+) -> Result<()> {
+    let (model_path, state_path) = checkpoint_paths(dir, stem);
+    let step = state.global_step.to_string();
+    let meta: BTreeMap<String, String> = [
+        (CONFIG_METADATA_KEY.to_string(), json(cfg, &model_path)?),
+        (STEP_METADATA_KEY.to_string(), step),
+    ]
+    .into_iter()
+    .collect();
+    atomic(&model_path, |tmp| Ok(write_safetensors(tmp, model, &meta)?))?;
+    let meta: BTreeMap<String, String> = [
+        (STATE_METADATA_KEY.to_string(), json(state, &state_path)?),
+        (
+            TRAIN_CONFIG_METADATA_KEY.to_string(),
+            train_config_json.to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let named: Vec<(String, Tensor)> = velocities
+        .iter()
+        .map(|(n, t)| (format!("velocity.{n}"), t.clone()))
+        .collect();
+    atomic(&state_path, |tmp| {
+        Ok(write_safetensors(tmp, &named, &meta)?)
+    })
+}
+
+fn json<T: Serialize>(v: &T, p: &Path) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Checkpoint {
+        path: p.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+/// A checkpoint's state and velocities, checked against its model file.
+#[derive(Debug)]
+pub struct LoadedState {
+    /// Where training stood.
+    pub state: TrainState,
+    /// Velocities by parameter name.
+    pub velocities: HashMap<String, Tensor>,
+    /// The model file.
+    pub model_path: PathBuf,
+}
+
+/// Reads checkpoint `stem` of `dir`; an error when a file is missing or the pair is torn.
+pub fn load(dir: &Path, stem: &str, device: &Device) -> Result<LoadedState> {
+    let (model_path, state_path) = checkpoint_paths(dir, stem);
+    let bad = |p: &Path, msg: String| Error::Checkpoint {
+        path: p.to_path_buf(),
+        msg,
+    };
+    let model_bytes = std::fs::read(&model_path).map_err(io(&model_path))?;
+    let model_meta = read_metadata(&model_path, &model_bytes)?;
+    let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
+    let meta = read_metadata(&state_path, &bytes)?;
+    let state: TrainState = meta
+        .get(STATE_METADATA_KEY)
+        .ok_or_else(|| bad(&state_path, format!("no `{STATE_METADATA_KEY}` metadata")))
+        .and_then(|j| serde_json::from_str(j).map_err(|e| bad(&state_path, e.to_string())))?;
+    let step = model_meta
+        .get(STEP_METADATA_KEY)
+        .cloned()
+        .unwrap_or_default();
+    if step != state.global_step.to_string() {
+        return Err(bad(
+            &model_path,
+            format!(
+                "model is at step {step:?} but its state file at step {}",
+                state.global_step
+            ),
+        ));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| bad(&state_path, e.to_string()))?;
+    let velocities = tensors
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("velocity.").map(|n| (n.to_string(), v)))
+        .collect();
+    Ok(LoadedState {
+        state,
+        velocities,
+        model_path,
+    })
+}
+
+/// Epochs (1-based) of the `epoch_NNNNN` checkpoints in `dir` whose two files exist, newest
+/// first.
+pub fn epoch_checkpoints(dir: &Path) -> Vec<usize> {
+    let mut epochs: Vec<usize> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n = name
+                .strip_prefix("epoch_")?
+                .strip_suffix(".state.safetensors")?;
+            let epoch: usize = n.parse().ok()?;
+            dir.join(format!("epoch_{n}.safetensors"))
+                .exists()
+                .then_some(epoch)
+        })
+        .collect();
+    epochs.sort_unstable_by(|a, b| b.cmp(a));
+    epochs
+}
+
+/// Removes checkpoint `stem`'s files (missing ones are fine).
+pub fn remove(dir: &Path, stem: &str) -> Result<()> {
+    let (m, s) = checkpoint_paths(dir, stem);
+    for p in [m, s] {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,662 @@
+//! The training run: model set-up (seeded init, fine-tuning, resume), the epoch loop with
+//! validation, precise BN and checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use augment::Mixup;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+use tsm_model::{read_checkpoint, Tsm, BN_MOMENTUM};
+use video_io::SampleMode;
+
+use crate::checkpoint::{self, epoch_stem, TrainState};
+use crate::config::TrainConfig;
+use crate::error::{io, Error, Result};
+use crate::loader::{rng_for, BatchStream, Dataset, EpochPlan, Stream};
+use crate::loss::{average_views, cross_entropy, distill_loss, topk_accuracy, train_loss};
+use crate::metrics::{EpochRecord, Mean, Reporter, StepRecord};
+use crate::optim::{Momentum, WarmupCosine};
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Epochs completed (all of them).
+    pub epochs: usize,
+    /// Best validation top-1 (0 without validation).
+    pub best_top1: f64,
+    /// Its epoch (1-based; 0 without validation).
+    pub best_epoch: usize,
+    /// The last validation, if any.
+    pub last_val: Option<EpochRecord>,
+    /// Samples skipped because they failed to load, over the epochs this process ran.
+    pub failed: usize,
+    /// The final model checkpoint.
+    pub final_checkpoint: PathBuf,
+}
+
+/// A training run, set up and ready to [`Trainer::run`].
+pub struct Trainer {
+    cfg: TrainConfig,
+    cfg_json: String,
+    device: Device,
+    varmap: VarMap,
+    model: Tsm,
+    optimizer: Momentum,
+    schedule: WarmupCosine,
+    teacher: Option<Tsm>,
+    train: Arc<Dataset>,
+    valid: Option<Arc<Dataset>>,
+    pool: Arc<rayon::ThreadPool>,
+    state: TrainState,
+    iters_per_epoch: usize,
+    out: PathBuf,
+    reporter: Reporter,
+}
+
+impl std::fmt::Debug for Trainer {
+    // candle's VarMap has no Debug; the model stands for it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("model", self.model.config())
+            .field("state", &self.state)
+            .field("iters_per_epoch", &self.iters_per_epoch)
+            .field("out", &self.out)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// Reads the data lists, builds the model (seeded initialisation, then `model.pretrained`
+    /// if set) and, with `resume`, restores the newest complete checkpoint of the run directory.
+    pub fn new(mut cfg: TrainConfig, resume: bool) -> Result<Self> {
+        cfg.validate().map_err(|msg| Error::Config {
+            path: PathBuf::from("<config>"),
+            msg,
+        })?;
+        let device = Device::Cpu;
+        let d = &cfg.data;
+        let train = Arc::new(Dataset::open(
+            &d.train_list,
+            d.format,
+            &d.list,
+            d.sampling.clone(),
+            d.train_pipeline.clone(),
+            d.decode,
+            SampleMode::Train,
+        )?);
+        let valid = match &d.valid_list {
+            Some(list) => Some(Arc::new(Dataset::open(
+                list,
+                d.format,
+                &d.list,
+                d.sampling.clone(),
+                d.valid_pipeline.clone(),
+                d.decode,
+                SampleMode::Valid,
+            )?)),
+            None => None,
+        };
+        let iters_per_epoch = train_plan(&cfg, 0).batches(train.len()).len();
+        if iters_per_epoch == 0 {
+            return Err(Error::EmptyEpoch {
+                path: d.train_list.clone(),
+                samples: train.len(),
+                batch_size: d.batch_size,
+            });
+        }
+        let threads = match d.num_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("loader-{i}"))
+            .build()
+            .map_err(|e| Error::Config {
+                path: PathBuf::from("<config>"),
+                msg: format!("data.num_workers: {e}"),
+            })?;
+
+        let out = cfg.output.dir.clone();
+        std::fs::create_dir_all(&out).map_err(io(&out))?;
+        let tsm_cfg = cfg.model.tsm();
+        let varmap = VarMap::new();
+        let model = Tsm::new(
+            &tsm_cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        )?;
+        seeded_init(&varmap, cfg.train.seed)?;
+        let mut optimizer = Momentum::new(&varmap, &cfg.optimizer)?;
+        let schedule_iters = if cfg.lr.iter_step { iters_per_epoch } else { 1 };
+        let mut schedule = WarmupCosine::new(&cfg.lr, cfg.lr_max_epoch(), schedule_iters);
+        let mut state = TrainState {
+            epoch: 0,
+            global_step: 0,
+            lr_position: 0.0,
+            seed: cfg.train.seed,
+            best_top1: 0.0,
+            best_epoch: 0,
+        };
+        let mut notes = Vec::new();
+        if resume {
+            let loaded = latest_checkpoint(&out, &device, &mut notes)?;
+            let (_, tensors) = read_checkpoint(&loaded.model_path, &device)?;
+            load_into(&varmap, &tensors, &loaded.model_path, false, &mut notes)?;
+            optimizer
+                .set_velocities(&loaded.velocities)
+                .map_err(|msg| Error::Checkpoint {
+                    path: loaded.model_path.clone(),
+                    msg,
+                })?;
+            schedule.set_position(loaded.state.lr_position);
+            if loaded.state.seed != cfg.train.seed {
+                notes.push(format!(
+                    "the checkpoint was trained with seed {}, the config says {}: continuing with the checkpoint's",
+                    loaded.state.seed, cfg.train.seed
+                ));
+                cfg.train.seed = loaded.state.seed;
+            }
+            state = loaded.state;
+            notes.push(format!(
+                "resumed from {} (epoch {}, step {})",
+                loaded.model_path.display(),
+                state.epoch,
+                state.global_step
+            ));
+        } else if let Some(p) = &cfg.model.pretrained {
+            let (_, tensors) = read_checkpoint(p, &device)?;
+            load_into(&varmap, &tensors, p, true, &mut notes)?;
+            notes.push(format!("fine-tuning from {}", p.display()));
+        }
+        let teacher = match &cfg.distill {
+            Some(dc) => {
+                let t = Tsm::load(&dc.teacher, &device)?;
+                if t.config().num_classes != tsm_cfg.num_classes {
+                    return Err(Error::Checkpoint {
+                        path: dc.teacher.clone(),
+                        msg: format!(
+                            "teacher has {} classes, the model {}",
+                            t.config().num_classes,
+                            tsm_cfg.num_classes
+                        ),
+                    });
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let cfg_json = serde_json::to_string(&cfg).map_err(|e| Error::Config {
+            path: PathBuf::from("<config>"),
+            msg: e.to_string(),
+        })?;
+        let config_path = out.join("config.toml");
+        std::fs::write(&config_path, cfg.to_toml()?).map_err(io(&config_path))?;
+        let reporter = Reporter::open(&out, resume.then_some(state.global_step))?;
+        for n in &notes {
+            reporter.info(n);
+        }
+        reporter.info(&format!(
+            "train: {} samples, {} iterations per epoch; valid: {} samples; {} loader threads",
+            train.len(),
+            iters_per_epoch,
+            valid.as_ref().map_or(0, |v| v.len()),
+            threads
+        ));
+        Ok(Self {
+            cfg,
+            cfg_json,
+            device,
+            varmap,
+            model,
+            optimizer,
+            schedule,
+            teacher,
+            train,
+            valid,
+            pool: Arc::new(pool),
+            state,
+            iters_per_epoch,
+            out,
+            reporter,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Tsm {
+        &self.model
+    }
+
+    /// Where training stands.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Iterations per training epoch.
+    pub fn iters_per_epoch(&self) -> usize {
+        self.iters_per_epoch
+    }
+
+    /// Trains the remaining epochs: each one trains, runs precise BN and validation when due,
+    /// and checkpoints.
+    pub fn run(&mut self) -> Result<RunSummary> {
+        let epochs = self.cfg.train.epochs;
+        let mut last_val = None;
+        let mut failed = 0;
+        for epoch in self.state.epoch..epochs {
+            failed += self.train_epoch(epoch)?.failed;
+            let last = epoch + 1 == epochs;
+            let pbn = &self.cfg.precise_bn;
+            if pbn.enabled && (epoch % pbn.interval == 0 || last) {
+                self.precise_bn(epoch)?;
+            }
+            let mut is_best = false;
+            if self.valid.is_some() && (epoch % self.cfg.train.val_interval == 0 || last) {
+                let v = self.validate(epoch)?;
+                failed += v.failed;
+                if v.top1 > self.state.best_top1 || self.state.best_epoch == 0 {
+                    self.state.best_top1 = v.top1;
+                    self.state.best_epoch = epoch + 1;
+                    is_best = true;
+                }
+                last_val = Some(v);
+            }
+            self.state.epoch = epoch + 1;
+            self.state.lr_position = self.schedule.position();
+            self.save(&epoch_stem(epoch + 1))?;
+            if is_best {
+                self.save("best")?;
+                self.reporter.info(&format!(
+                    "best top1 {:.5} at epoch {}",
+                    self.state.best_top1, self.state.best_epoch
+                ));
+            }
+            // Keep every save_interval-th epoch and the newest; drop the previous newest.
+            if epoch > 0 && epoch % self.cfg.train.save_interval != 0 {
+                checkpoint::remove(&self.out, &epoch_stem(epoch))?;
+            }
+        }
+        Ok(RunSummary {
+            epochs,
+            best_top1: self.state.best_top1,
+            best_epoch: self.state.best_epoch,
+            last_val,
+            failed,
+            final_checkpoint: checkpoint::checkpoint_paths(&self.out, &epoch_stem(epochs)).0,
+        })
+    }
+
+    fn save(&self, stem: &str) -> Result<()> {
+        checkpoint::save(
+            &self.out,
+            stem,
+            self.model.config(),
+            &self.model.named_tensors(),
+            &self.optimizer.velocities(),
+            &self.state,
+            &self.cfg_json,
+        )
+    }
+
+    /// Training-mode logits with dropout masks drawn from `(seed, epoch, batch)`: candle's own
+    /// dropout uses an unseedable generator, which would make runs unrepeatable.
+    fn forward_train(&self, x: &Tensor, epoch: usize, batch: usize) -> Result<Tensor> {
+        let maps = self.model.feature_maps_t(x, true)?;
+        let mut feats = maps.mean((2, 3))?;
+        let (nt, c) = feats.dims2()?;
+        let p = self.model.config().dropout;
+        if p > 0.0 {
+            let mut rng = rng_for(self.state.seed, Stream::Dropout, epoch as u64, batch as u64);
+            let keep = (1.0 / (1.0 - p)) as f32;
+            let mask: Vec<f32> = (0..nt * c)
+                .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+                .collect();
+            feats = (feats * Tensor::from_vec(mask, (nt, c), &self.device)?)?;
+        }
+        let t = self.model.config().num_seg;
+        let pooled = feats.reshape((nt / t, t, c))?.mean(1)?;
+        let head = self.model.head().ok_or_else(|| Error::Config {
+            path: PathBuf::from("<config>"),
+            msg: "model.num_classes must be at least 1".into(),
+        })?;
+        Ok(head.classify(&pooled)?)
+    }
+
+    /// One training epoch (`epoch` 0-based).
+    pub fn train_epoch(&mut self, epoch: usize) -> Result<EpochRecord> {
+        let stream = BatchStream::start(
+            self.train.clone(),
+            train_plan(&self.cfg, epoch),
+            self.pool.clone(),
+        );
+        let epochs = self.cfg.train.epochs;
+        let eps = self.cfg.train.label_smoothing;
+        let (mut loss_m, mut top1_m, mut top5_m) =
+            (Mean::default(), Mean::default(), Mean::default());
+        let (mut batch_m, mut reader_m) = (Mean::default(), Mean::default());
+        let (mut samples, mut failed) = (0, 0);
+        let mut tic = Instant::now();
+        for item in stream {
+            let batch = item?;
+            let reader_time = tic.elapsed().as_secs_f64();
+            for f in &batch.failures {
+                self.reporter.warn(&format!("skipped sample: {f}"));
+            }
+            failed += batch.failures.len();
+            let lr = self.schedule.lr();
+            if !batch.is_empty() {
+                let n = batch.len();
+                let x = Tensor::from_vec(batch.data, batch.shape.to_vec(), &self.device)?;
+                let logits = self.forward_train(&x, epoch, batch.index)?;
+                let mix = batch
+                    .mixup
+                    .as_ref()
+                    .map(|(c, labels)| (labels.as_slice(), c.lam));
+                let mut loss = train_loss(&logits, &batch.labels, mix, eps)?;
+                if let (Some(t), Some(dc)) = (&self.teacher, &self.cfg.distill) {
+                    let soft = distill_loss(&logits, &t.forward(&x)?, dc.temperature)?;
+                    loss = ((loss * (1.0 - dc.weight))? + (soft * dc.weight)?)?;
+                }
+                let loss_v = loss.to_scalar::<f32>()?;
+                if !loss_v.is_finite() {
+                    return Err(Error::NonFiniteLoss {
+                        loss: loss_v,
+                        epoch: epoch + 1,
+                        iter: batch.index,
+                    });
+                }
+                let grads = loss.backward()?;
+                self.optimizer.step(&grads, lr)?;
+                self.state.global_step += 1;
+                let acc = topk_accuracy(&logits, &batch.labels, &[1, 5])?;
+                let (top1, top5) = match &batch.mixup {
+                    Some((c, labels)) => {
+                        let b = topk_accuracy(&logits, labels, &[1, 5])?;
+                        let lam = f64::from(c.lam);
+                        (
+                            lam * acc[0] + (1.0 - lam) * b[0],
+                            lam * acc[1] + (1.0 - lam) * b[1],
+                        )
+                    }
+                    None => (acc[0], acc[1]),
+                };
+                let batch_time = tic.elapsed().as_secs_f64();
+                let w = n as f64;
+                loss_m.add(f64::from(loss_v), w);
+                top1_m.add(top1, w);
+                top5_m.add(top5, w);
+                batch_m.add(batch_time, 1.0);
+                reader_m.add(reader_time, 1.0);
+                samples += n;
+                let rec = StepRecord {
+                    kind: "step",
+                    epoch: epoch + 1,
+                    iter: batch.index,
+                    global_step: self.state.global_step,
+                    loss: f64::from(loss_v),
+                    lr,
+                    top1,
+                    top5,
+                    batch_time,
+                    reader_time,
+                    ips: w / batch_time.max(1e-9),
+                };
+                let print = batch.index % self.cfg.train.log_interval == 0;
+                self.reporter.step(&rec, epochs, print)?;
+            }
+            if self.cfg.lr.iter_step {
+                self.schedule.step();
+            }
+            tic = Instant::now();
+        }
+        if !self.cfg.lr.iter_step {
+            self.schedule.step();
+        }
+        let rec = EpochRecord {
+            kind: "epoch",
+            epoch: epoch + 1,
+            global_step: self.state.global_step,
+            loss: loss_m.get(),
+            top1: top1_m.get(),
+            top5: top5_m.get(),
+            batch_time: batch_m.get(),
+            reader_time: reader_m.get(),
+            ips: samples as f64 / (batch_m.get() * batch_m.weight()).max(1e-9),
+            samples,
+            failed,
+        };
+        self.reporter.epoch(&rec)?;
+        Ok(rec)
+    }
+
+    /// Validation after epoch `epoch` (0-based): eval mode, plain cross entropy, top-1/top-5
+    /// over every sample (multi-view logits averaged).
+    pub fn validate(&mut self, epoch: usize) -> Result<EpochRecord> {
+        let Some(valid) = self.valid.clone() else {
+            return Err(Error::Config {
+                path: PathBuf::from("<config>"),
+                msg: "data.valid_list is not set".into(),
+            });
+        };
+        let plan = EpochPlan {
+            seed: self.state.seed,
+            stream: Stream::Sample,
+            epoch,
+            batch_size: self
+                .cfg
+                .data
+                .valid_batch_size
+                .unwrap_or(self.cfg.data.batch_size),
+            drop_last: false,
+            shuffle: false,
+            mixup: None,
+            max_batches: 0,
+            prefetch: self.cfg.data.prefetch,
+            max_failed_fraction: self.cfg.data.max_failed_fraction,
+        };
+        let (mut loss_m, mut top1_m, mut top5_m) =
+            (Mean::default(), Mean::default(), Mean::default());
+        let (mut batch_m, mut reader_m) = (Mean::default(), Mean::default());
+        let (mut samples, mut failed) = (0, 0);
+        let mut tic = Instant::now();
+        for item in BatchStream::start(valid, plan, self.pool.clone()) {
+            let batch = item?;
+            let reader_time = tic.elapsed().as_secs_f64();
+            for f in &batch.failures {
+                self.reporter.warn(&format!("skipped sample: {f}"));
+            }
+            failed += batch.failures.len();
+            if !batch.is_empty() {
+                let x = Tensor::from_vec(batch.data, batch.shape.to_vec(), &self.device)?;
+                let logits = average_views(&self.model.forward(&x)?, batch.views)?;
+                let loss = cross_entropy(&logits, &batch.labels, 0.0)?.to_scalar::<f32>()?;
+                let acc = topk_accuracy(&logits, &batch.labels, &[1, 5])?;
+                let w = batch.labels.len() as f64;
+                loss_m.add(f64::from(loss), w);
+                top1_m.add(acc[0], w);
+                top5_m.add(acc[1], w);
+                samples += batch.labels.len();
+                batch_m.add(tic.elapsed().as_secs_f64(), 1.0);
+                reader_m.add(reader_time, 1.0);
+            }
+            tic = Instant::now();
+        }
+        let rec = EpochRecord {
+            kind: "val",
+            epoch: epoch + 1,
+            global_step: self.state.global_step,
+            loss: loss_m.get(),
+            top1: top1_m.get(),
+            top5: top5_m.get(),
+            batch_time: batch_m.get(),
+            reader_time: reader_m.get(),
+            ips: samples as f64 / (batch_m.get() * batch_m.weight()).max(1e-9),
+            samples,
+            failed,
+        };
+        self.reporter.epoch(&rec)?;
+        Ok(rec)
+    }
+
+    /// Precise BN after epoch `epoch`: with the weights fixed, the running statistics become
+    /// the plain average of `precise_bn.num_iters` training batches' statistics (PaddleVideo's
+    /// `do_preciseBN`).
+    pub fn precise_bn(&mut self, epoch: usize) -> Result<()> {
+        let stats: Vec<candle_core::Var> = {
+            let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            let mut named: Vec<_> = data
+                .iter()
+                .filter(|(k, _)| k.ends_with(".running_mean") || k.ends_with(".running_var"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named.into_iter().map(|(_, v)| v).collect()
+        };
+        let mut plan = train_plan(&self.cfg, epoch);
+        plan.stream = Stream::PreciseBn;
+        plan.max_batches = self.cfg.precise_bn.num_iters.min(self.iters_per_epoch);
+        let mut avg: Vec<Tensor> = stats
+            .iter()
+            .map(|v| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<_>>()?;
+        let mut n = 0usize;
+        for item in BatchStream::start(self.train.clone(), plan, self.pool.clone()) {
+            let batch = item?;
+            if batch.is_empty() {
+                continue;
+            }
+            // From zero, one update leaves (1 - momentum) * batch statistic in each.
+            for v in &stats {
+                v.set(&v.as_tensor().zeros_like()?)?;
+            }
+            let x = Tensor::from_vec(batch.data, batch.shape.to_vec(), &self.device)?;
+            self.model.feature_maps_t(&x, true)?;
+            n += 1;
+            for (a, v) in avg.iter_mut().zip(&stats) {
+                let batch_stat = (v.as_tensor() / (1.0 - BN_MOMENTUM))?;
+                *a = (&*a + ((batch_stat - &*a)? / n as f64)?)?;
+            }
+        }
+        for (a, v) in avg.iter().zip(&stats) {
+            v.set(a)?;
+        }
+        self.reporter
+            .info(&format!("precise BN: statistics averaged over {n} batches"));
+        Ok(())
+    }
+}
+
+/// The training plan of `epoch`.
+fn train_plan(cfg: &TrainConfig, epoch: usize) -> EpochPlan {
+    EpochPlan {
+        seed: cfg.train.seed,
+        stream: Stream::Sample,
+        epoch,
+        batch_size: cfg.data.batch_size,
+        drop_last: cfg.data.drop_last,
+        shuffle: true,
+        mixup: cfg.train.mixup_alpha.map(|alpha| Mixup { alpha }),
+        max_batches: cfg.train.max_iters,
+        prefetch: cfg.data.prefetch,
+        max_failed_fraction: cfg.data.max_failed_fraction,
+    }
+}
+
+/// PaddleVideo's initialisation, from `seed` rather than candle's unseedable generator:
+/// convolutions Kaiming normal (`std = sqrt(2 / fan_in)`), the fc Normal(0, 0.01); BatchNorm
+/// and biases keep their constant initial values.
+pub fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for (i, name) in names.into_iter().enumerate() {
+        let var = &data[name];
+        let dims = var.as_tensor().dims().to_vec();
+        let std = if name.ends_with("conv.weight") && dims.len() == 4 {
+            (2.0 / (dims[1] * dims[2] * dims[3]) as f64).sqrt()
+        } else if name == "head.fc.weight" {
+            0.01
+        } else {
+            continue;
+        };
+        let normal = Normal::new(0.0f32, std as f32).map_err(|e| Error::Config {
+            path: PathBuf::from("<init>"),
+            msg: e.to_string(),
+        })?;
+        let mut rng = rng_for(seed, Stream::Init, 0, i as u64);
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+        var.set(&Tensor::from_vec(v, dims, var.as_tensor().device())?)?;
+    }
+    Ok(())
+}
+
+/// Copies `tensors` into the variables of `varmap`. With `new_head_ok`, head tensors that are
+/// missing or shaped for another number of classes keep their fresh initialisation (a note
+/// says so); any other missing or mismatched tensor is an error naming it.
+fn load_into(
+    varmap: &VarMap,
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    new_head_ok: bool,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut fresh = Vec::new();
+    for name in names {
+        let var = &data[name];
+        let head = name.starts_with("head.");
+        match tensors.get(name) {
+            Some(t) if t.dims() == var.as_tensor().dims() => {
+                var.set(&t.to_dtype(DType::F32)?)?;
+            }
+            other if head && new_head_ok => fresh.push(match other {
+                Some(t) => format!("{name} {:?} -> {:?}", t.dims(), var.as_tensor().dims()),
+                None => format!("{name} (absent)"),
+            }),
+            Some(t) => {
+                return Err(Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "`{name}` has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        var.as_tensor().dims()
+                    ),
+                })
+            }
+            None => {
+                return Err(Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("no tensor `{name}`"),
+                })
+            }
+        }
+    }
+    if !fresh.is_empty() {
+        notes.push(format!("new head initialised: {}", fresh.join(", ")));
+    }
+    Ok(())
+}
+
+/// The newest checkpoint of `dir` whose model and state agree; torn ones are noted and skipped.
+fn latest_checkpoint(
+    dir: &Path,
+    device: &Device,
+    notes: &mut Vec<String>,
+) -> Result<checkpoint::LoadedState> {
+    for epoch in checkpoint::epoch_checkpoints(dir) {
+        match checkpoint::load(dir, &epoch_stem(epoch), device) {
+            Ok(l) => return Ok(l),
+            Err(e) => notes.push(format!("skipping checkpoint of epoch {epoch}: {e}")),
+        }
+    }
+    Err(Error::NothingToResume {
+        dir: dir.to_path_buf(),
+    })
+}

@@ -1,0 +1,108 @@
+//! Losses, accuracies, the schedule and the optimizer's per-parameter rules on hand-computed
+//! cases.
+#![allow(clippy::unwrap_used)]
+
+use candle_core::{Device, Tensor};
+use train_loop::loss::{cross_entropy, distill_loss, smoothed_targets, topk_accuracy, train_loss};
+use train_loop::optim::{param_attributes, WarmupCosine};
+use train_loop::{LrConfig, OptimizerConfig};
+
+fn t(v: &[f32], rows: usize) -> Tensor {
+    Tensor::from_vec(v.to_vec(), (rows, v.len() / rows), &Device::Cpu).unwrap()
+}
+
+fn close(a: f64, b: f64) {
+    assert!((a - b).abs() < 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+}
+
+#[test]
+fn losses_and_accuracy() {
+    let s = smoothed_targets(&[1], 4, 0.1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (got, want) in s[0].iter().zip([0.025, 0.925, 0.025, 0.025]) {
+        close(f64::from(*got), want);
+    }
+    let ce = |logits: &Tensor, l: &[u32], eps| {
+        f64::from(
+            cross_entropy(logits, l, eps)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        )
+    };
+    close(ce(&t(&[0.0, 0.0], 1), &[0], 0.0), 2f64.ln());
+    // smoothing: (1 - eps) * CE + eps * mean over classes of -log p
+    let l = t(&[1.0, 3.0, 2.0], 1);
+    let logp: Vec<f64> = {
+        let z: f64 = [1f64, 3.0, 2.0].iter().map(|v| v.exp()).sum();
+        [1f64, 3.0, 2.0].iter().map(|v| v - z.ln()).collect()
+    };
+    let want = -(0.9 * logp[0] + 0.1 / 3.0 * logp.iter().sum::<f64>());
+    close(ce(&l, &[0], 0.1), want);
+    // mixup weights the two label sets
+    let mixed = train_loss(&l, &[0], Some((&[1], 0.25)), 0.0).unwrap();
+    close(
+        f64::from(mixed.to_scalar::<f32>().unwrap()),
+        -(0.25 * logp[0] + 0.75 * logp[1]),
+    );
+    let acc = topk_accuracy(&t(&[1.0, 3.0, 2.0, 5.0, 0.0, 0.0], 2), &[2, 0], &[1, 2]).unwrap();
+    assert_eq!(acc, vec![0.5, 1.0]);
+    // distillation against itself: T^2 times the entropy of the softened distribution
+    let d = distill_loss(&l, &l, 2.0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let p: Vec<f64> = {
+        let e: Vec<f64> = [0.5f64, 1.5, 1.0].iter().map(|v| v.exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|v| v / z).collect()
+    };
+    close(
+        f64::from(d),
+        4.0 * -p.iter().map(|q| q * q.ln()).sum::<f64>(),
+    );
+}
+
+#[test]
+fn warmup_cosine_follows_paddlevideo() {
+    let cfg = LrConfig {
+        warmup_start_lr: 0.0005,
+        warmup_epochs: 5.0,
+        cosine_base_lr: 0.001,
+        max_epoch: None,
+        iter_step: true,
+    };
+    let cosine = |e: f64| 0.001 * ((std::f64::consts::PI * e / 30.0).cos() + 1.0) * 0.5;
+    let mut s = WarmupCosine::new(&cfg, 30.0, 4);
+    close(s.lr(), 0.0005);
+    for _ in 0..10 {
+        s.step();
+    }
+    close(s.position(), 2.5);
+    close(s.lr(), 0.0005 + 2.5 * (cosine(5.0) - 0.0005) / 5.0);
+    for _ in 0..30 {
+        s.step();
+    }
+    close(s.lr(), cosine(10.0));
+}
+
+#[test]
+fn per_parameter_rules() {
+    let c = OptimizerConfig::default();
+    assert_eq!(
+        param_attributes("backbone.conv1_1.bn.weight", &c),
+        (0.0, 1.0)
+    );
+    assert_eq!(
+        param_attributes("backbone.res2a.conv0.bn.bias", &c),
+        (0.0, 1.0)
+    );
+    assert_eq!(
+        param_attributes("backbone.conv1_1.conv.weight", &c),
+        (1e-4, 1.0)
+    );
+    assert_eq!(param_attributes("head.fc.weight", &c), (1e-4, 5.0));
+    assert_eq!(param_attributes("head.fc.bias", &c), (0.0, 10.0));
+}
