@@ -1,0 +1,451 @@
+//! What the commands share: the device, loading weights with errors that say what is wrong,
+//! the test-time views (sampling + transforms) and batched, multi-view classification.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use augment::{
+    CenterCrop, ClipLoader, LoadedClip, MultiScaleCrop, Pipeline, PipelineConfig, RandomCrop,
+    RandomFlip, Scale, TenCrop, ThreeCrop, Transform,
+};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use serde::Deserialize;
+use tsm_model::{Tsm, TsmConfig, TsmError, CONFIG_METADATA_KEY};
+use video_io::{DecodeOptions, SampleLocation, SampleMode, Sampling};
+
+use crate::Global;
+
+impl Global {
+    /// The device named by `--device`.
+    pub fn device(&self) -> Result<Device> {
+        let spec = self.device.trim();
+        if spec == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        let Some(n) = spec.strip_prefix("cuda:") else {
+            bail!("unknown device `{spec}`: use `cpu` or `cuda:N`")
+        };
+        let n: usize = n
+            .parse()
+            .with_context(|| format!("`{spec}`: the CUDA ordinal must be a number"))?;
+        cuda(n)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(n: usize) -> Result<Device> {
+    Device::new_cuda(n).with_context(|| format!("opening CUDA device {n}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(n: usize) -> Result<Device> {
+    bail!(
+        "--device cuda:{n}: this tsm-cli was built without CUDA; rebuild it with \
+         `cargo build --release -p cli --features cuda`"
+    )
+}
+
+/// The config stored in a checkpoint's metadata and all its metadata, sorted by key, read from
+/// the safetensors header alone; errors for files that are not tsm-model checkpoints.
+pub fn checkpoint_config(path: &Path) -> Result<(TsmConfig, Vec<(String, String)>)> {
+    let header = read_header(path).with_context(|| format!("reading {}", path.display()))?;
+    let meta = tsm_model::read_metadata(path, &header)?;
+    let Some(json) = meta.get(CONFIG_METADATA_KEY) else {
+        bail!(
+            "{}: no `{CONFIG_METADATA_KEY}` in the safetensors metadata, so not a tsm-model \
+             checkpoint (convert PaddleVideo .pdparams with `cargo xtask convert-weights`)",
+            path.display()
+        )
+    };
+    let cfg: TsmConfig = serde_json::from_str(json)
+        .with_context(|| format!("{}: `{CONFIG_METADATA_KEY}` metadata", path.display()))?;
+    let mut meta: Vec<_> = meta.into_iter().collect();
+    meta.sort();
+    Ok((cfg, meta))
+}
+
+/// The length prefix and JSON header of a safetensors file, without its tensor data.
+fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut head = vec![0u8; 8];
+    file.read_exact(&mut head)?;
+    let len = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+    // A corrupt length is reported by `read_metadata` against the bytes actually there.
+    file.take(len).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// Loads weights, saying what is wrong when the file is not a tsm-model checkpoint or its
+/// tensors do not make the architecture its metadata describes (weights of another depth).
+pub fn load_model(path: &Path, device: &Device) -> Result<Tsm> {
+    let (cfg, _) = checkpoint_config(path)?;
+    match Tsm::load(path, device) {
+        Ok(m) => Ok(m),
+        Err(TsmError::Model { cause, .. }) => bail!(
+            "{}: the tensors do not match {} (weights of another depth or head?): {cause}",
+            path.display(),
+            describe(&cfg)
+        ),
+        Err(e) => Err(e).context("loading weights"),
+    }
+}
+
+/// "PP-TSM ResNet-50, 8 segments, 400 classes".
+pub fn describe(cfg: &TsmConfig) -> String {
+    format!(
+        "PP-TSM ResNet-{}, {} segments, {} classes",
+        cfg.depth, cfg.num_seg, cfg.num_classes
+    )
+}
+
+/// How clips are taken from a video at test time.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Views {
+    /// One clip of num_seg segments, the middle frame of each (TSM's uniform test).
+    Uniform,
+    /// PP-TSM's dense test: `--clips` spans of `--window` frames, num_seg frames from each.
+    Dense,
+}
+
+/// Sampling and transforms, from flags or a config file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ViewArgs {
+    /// Temporal views: `uniform` (one clip) or `dense` (several clips, PaddleVideo's dense test).
+    #[arg(long, value_enum, default_value_t = Views::Uniform)]
+    pub views: Views,
+    /// Clips per video with `--views dense` [default: 10].
+    #[arg(long)]
+    pub clips: Option<usize>,
+    /// Frames one dense clip spans.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Spatial views per clip: 1 (Scale, CenterCrop), 3 (short side scaled to the crop size,
+    /// three crops along the long side: PaddleVideo's dense test) or 10 (Scale, TenCrop).
+    #[arg(long, default_value_t = 1, value_parser = parse_crops)]
+    pub crops: u32,
+    /// Short side after scaling (aspect ratio kept), before cropping.
+    #[arg(long, default_value_t = 256)]
+    pub short_size: u32,
+    /// Side of the square crop the model sees.
+    #[arg(long, default_value_t = 224)]
+    pub crop_size: u32,
+    /// A TOML file whose `[data]` table has `sampling` and `valid_pipeline` (and, for
+    /// `preprocess --mode train`, `train_pipeline`), overriding the flags above; other keys are
+    /// ignored, so a training config works.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+fn parse_crops(s: &str) -> std::result::Result<u32, String> {
+    match s {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "10" => Ok(10),
+        _ => Err("crops must be 1, 3 or 10".into()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ConfigFile {
+    #[serde(default)]
+    data: DataSection,
+}
+
+#[derive(Deserialize, Default)]
+struct DataSection {
+    sampling: Option<Sampling>,
+    valid_pipeline: Option<PipelineConfig>,
+    train_pipeline: Option<PipelineConfig>,
+}
+
+impl ViewArgs {
+    /// The sampling and pipeline for clips of `num_seg` frames in `mode`.
+    pub fn loader(&self, num_seg: usize, mode: SampleMode) -> Result<ClipLoader> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<ConfigFile>(&text)
+                    .with_context(|| format!("{}: bad config", path.display()))?
+            }
+            None => ConfigFile::default(),
+        };
+        let sampling = match file.data.sampling {
+            Some(s) => s,
+            None => self.sampling(num_seg)?,
+        };
+        if sampling.frames_per_clip() != num_seg {
+            bail!(
+                "the sampling gives clips of {} frames but the model expects num_seg = {num_seg}",
+                sampling.frames_per_clip()
+            )
+        }
+        let pipeline = match (mode, file.data.valid_pipeline, file.data.train_pipeline) {
+            (SampleMode::Valid, Some(p), _) | (SampleMode::Train, _, Some(p)) => p,
+            (SampleMode::Valid, None, _) => self.valid_pipeline(),
+            (SampleMode::Train, _, None) => self.train_pipeline(),
+        };
+        let pipeline = Pipeline::new(pipeline).context("invalid transform pipeline")?;
+        Ok(ClipLoader::new(
+            sampling,
+            pipeline,
+            DecodeOptions::default(),
+        ))
+    }
+
+    fn sampling(&self, num_seg: usize) -> Result<Sampling> {
+        Ok(match self.views {
+            Views::Uniform => {
+                if self.clips.is_some_and(|c| c != 1) {
+                    bail!("--clips needs --views dense (uniform sampling takes one clip)")
+                }
+                Sampling::Segments {
+                    num_seg,
+                    seg_len: 1,
+                }
+            }
+            Views::Dense => Sampling::Dense {
+                num_seg,
+                window: self.window,
+                num_clips: self.clips.unwrap_or(10),
+            },
+        })
+    }
+
+    fn valid_pipeline(&self) -> PipelineConfig {
+        let keep_aspect = |short_size| {
+            Transform::Scale(Scale {
+                fixed_ratio: false,
+                ..Scale::new(short_size)
+            })
+        };
+        let transforms = match self.crops {
+            3 => vec![
+                keep_aspect(self.crop_size),
+                Transform::ThreeCrop(ThreeCrop {
+                    target_size: self.crop_size,
+                }),
+            ],
+            10 => vec![
+                keep_aspect(self.short_size),
+                Transform::TenCrop(TenCrop {
+                    target_size: self.crop_size,
+                }),
+            ],
+            _ => vec![
+                keep_aspect(self.short_size),
+                Transform::CenterCrop(CenterCrop::new(self.crop_size)),
+            ],
+        };
+        PipelineConfig {
+            transforms,
+            ..PipelineConfig::tutorial_valid()
+        }
+    }
+
+    /// The tutorial's training transforms at the configured sizes.
+    fn train_pipeline(&self) -> PipelineConfig {
+        PipelineConfig {
+            transforms: vec![
+                Transform::MultiScaleCrop(MultiScaleCrop::new(self.short_size)),
+                Transform::RandomCrop(RandomCrop {
+                    target_size: self.crop_size,
+                }),
+                Transform::RandomFlip(RandomFlip::default()),
+            ],
+            ..PipelineConfig::tutorial_train()
+        }
+    }
+}
+
+/// A model with its test-time views: videos in, class probabilities out.
+#[derive(Debug)]
+pub struct Classifier {
+    model: Tsm,
+    loader: ClipLoader,
+    device: Device,
+    /// Clips per forward pass.
+    batch: usize,
+}
+
+/// One video's result: probabilities over the classes, or why it could not be read.
+pub type VideoResult = std::result::Result<Vec<f32>, String>;
+
+impl Classifier {
+    /// Loads `weights` (BatchNorm folded for speed) with `views` at test time.
+    pub fn new(weights: &Path, global: &Global, views: &ViewArgs, batch: usize) -> Result<Self> {
+        let device = global.device()?;
+        let model = load_model(weights, &device)?;
+        if model.config().num_classes == 0 {
+            bail!(
+                "{}: a backbone without classification head (num_classes = 0) cannot classify",
+                weights.display()
+            )
+        }
+        let loader = views.loader(model.config().num_seg, SampleMode::Valid)?;
+        let model = model.fuse_for_inference()?;
+        Ok(Self {
+            model,
+            loader,
+            device,
+            batch: batch.max(1),
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &TsmConfig {
+        self.model.config()
+    }
+
+    /// Clips (temporal x spatial views) each video is scored on.
+    pub fn clips_per_video(&self) -> usize {
+        self.loader.clips_per_sample(SampleMode::Valid)
+    }
+
+    /// Videos to load at once so that a step fills about one forward batch.
+    pub fn videos_per_step(&self) -> usize {
+        (self.batch / self.clips_per_video()).max(1)
+    }
+
+    /// Scores videos: decodes them in parallel, runs the clips through the model in batches and
+    /// averages each video's logits over its views before the softmax (PaddleVideo's dense test
+    /// averages the pooled features of all views, which the linear head turns into the same
+    /// mean of logits).
+    pub fn classify(&self, videos: &[SampleLocation]) -> Result<Vec<VideoResult>> {
+        let loaded: Vec<_> = videos
+            .par_iter()
+            .map(|v| self.loader.load_seeded(v, SampleMode::Valid, 0))
+            .collect();
+        let mut clips = Vec::new();
+        let mut owner = Vec::new();
+        let mut results: Vec<VideoResult> = Vec::with_capacity(videos.len());
+        for (i, l) in loaded.into_iter().enumerate() {
+            match l {
+                Ok(LoadedClip { clips: c, .. }) => {
+                    owner.extend(std::iter::repeat_n(i, c.len()));
+                    clips.extend(c);
+                    results.push(Ok(Vec::new()));
+                }
+                Err(e) => results.push(Err(e.to_string())),
+            }
+        }
+        let classes = self.config().num_classes;
+        let mut sums = vec![vec![0f64; classes]; videos.len()];
+        let mut counts = vec![0usize; videos.len()];
+        let mut start = 0;
+        while start < clips.len() {
+            // A batch holds clips of one size (custom pipelines may leave sizes unequal).
+            let shape = clips[start].shape();
+            let mut end = start + 1;
+            while end < clips.len() && end - start < self.batch && clips[end].shape() == shape {
+                end += 1;
+            }
+            let [t, c, h, w] = shape;
+            let data: Vec<f32> = clips[start..end]
+                .iter()
+                .flat_map(|clip| clip.data.iter().copied())
+                .collect();
+            let x = Tensor::from_vec(data, (end - start, t, c, h, w), &self.device)?;
+            let logits = self.model.forward(&x)?.to_vec2::<f32>()?;
+            for (row, &video) in logits.iter().zip(&owner[start..end]) {
+                for (s, &l) in sums[video].iter_mut().zip(row) {
+                    *s += f64::from(l);
+                }
+                counts[video] += 1;
+            }
+            start = end;
+        }
+        for ((r, sum), n) in results.iter_mut().zip(sums).zip(counts) {
+            if let Ok(p) = r {
+                *p = softmax(&sum.iter().map(|s| s / n as f64).collect::<Vec<_>>());
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// Softmax in f64, returned as f32.
+pub fn softmax(logits: &[f64]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    exp.iter().map(|e| (e / total) as f32).collect()
+}
+
+/// Indices of the `k` largest values, largest first (ties: lower index first).
+pub fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// File extensions taken as videos when walking folders.
+const VIDEO_EXTENSIONS: &[&str] = &[
+    "mp4", "avi", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv", "3gp", "ts",
+];
+
+/// The videos named on the command line: files as given, folders walked recursively for
+/// video extensions (sorted). A path that does not exist is an error.
+pub fn collect_videos(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+        if meta.is_dir() {
+            let before = out.len();
+            walk(p, &mut out)?;
+            out[before..].sort();
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn softmax_and_top_k() {
+        let p = softmax(&[1.0, 3.0, 2.0, 3.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(top_k(&p, 3), vec![1, 3, 2]);
+        assert_eq!(top_k(&p, 10).len(), 4);
+    }
+
+    #[test]
+    fn devices() {
+        let g = |d: &str| Global { device: d.into() };
+        assert!(matches!(g("cpu").device().unwrap(), Device::Cpu));
+        let e = g("gpu").device().unwrap_err().to_string();
+        assert!(e.contains("use `cpu` or `cuda:N`"), "{e}");
+        #[cfg(not(feature = "cuda"))]
+        {
+            let e = g("cuda:0").device().unwrap_err().to_string();
+            assert!(e.contains("built without CUDA"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `tsm-cli`: PP-TSM video classification from the command line.
+//!
+//! A thin binary over the workspace's libraries: `video-io` reads and samples, `augment`
+//! transforms, `tsm-model` classifies. Each command is one module with an `Args` struct and a
+//! `run(args, &Global) -> Result<Outcome>`; adding a command is a module, an enum variant and a
+//! match arm.
+
+mod common;
+mod eval;
+mod info;
+mod labels;
+mod plot;
+mod predict;
+mod preprocess;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit status: 0 when everything succeeded; 2 when the command finished but some inputs \
+(videos that failed to decode) were skipped, each listed on stderr; 1 on an error that stopped \
+the command (printed as one line; set RUST_BACKTRACE=1 for a backtrace).
+
+Example:
+  tsm-cli predict --weights pptsm_k400.safetensors --labels assets/labels/kinetics400.txt clip.mp4";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tsm-cli",
+    version,
+    about = "Classify, evaluate and inspect PP-TSM video models",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command accepts, before or after its name.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// Where the model runs: `cpu`, or `cuda:N` (a build with the `cuda` feature).
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Top-k classes and softmax scores of videos (files or folders of them).
+    #[command(after_help = predict::AFTER_HELP)]
+    Predict(predict::Args),
+    /// Accuracy of a model on an index list: top-1, top-5, mean class accuracy, confusion matrix.
+    #[command(after_help = eval::AFTER_HELP)]
+    Eval(eval::Args),
+    /// Write the exact input tensor the model sees for a video (and a contact sheet of it).
+    #[command(after_help = preprocess::AFTER_HELP)]
+    Preprocess(preprocess::Args),
+    /// Architecture, classes, parameters, FLOPs and metadata of a checkpoint.
+    #[command(after_help = info::AFTER_HELP)]
+    Info(info::Args),
+}
+
+/// How a command that did not fail outright ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every input was processed.
+    Success,
+    /// Some inputs were skipped (and reported); the others were processed.
+    SomeInputsFailed,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::SomeInputsFailed) => ExitCode::from(2),
+        Err(e) => {
+            // `{:?}` adds anyhow's cause list and, when captured, the backtrace.
+            if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+                eprintln!("tsm-cli: error: {e:?}");
+            } else {
+                eprintln!("tsm-cli: error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<Outcome> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Predict(args) => predict::run(args, &cli.global),
+        Command::Eval(args) => eval::run(args, &cli.global),
+        Command::Preprocess(args) => preprocess::run(args, &cli.global),
+        Command::Info(args) => info::run(args, &cli.global),
+    }
+}

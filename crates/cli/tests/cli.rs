@@ -1,0 +1,482 @@
+//! End-to-end tests of the `tsm-cli` binary: a small random-weight PP-TSM ResNet-18 (4 classes,
+//! 4 segments, 56x56 crops to keep them fast) on the shared media and clips made with ffmpeg.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use serde_json::Value;
+use test_support::{ffmpeg, media};
+use tsm_model::{Tsm, TsmConfig, CONFIG_METADATA_KEY};
+
+const CLASSES: usize = 4;
+/// Small frames keep every run fast; the defaults (256/224) are PaddleVideo's.
+const SIZES: [&str; 4] = ["--short-size", "64", "--crop-size", "56"];
+
+struct Fixture {
+    dir: PathBuf,
+    weights: PathBuf,
+    labels: PathBuf,
+    /// Readable videos with the labels the list gives them.
+    videos: Vec<(PathBuf, usize)>,
+    broken: PathBuf,
+}
+
+impl Fixture {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// An index list of `entries` (path, label) written under `name`.
+    fn list(&self, name: &str, entries: &[(PathBuf, usize)]) -> PathBuf {
+        let text: String = entries
+            .iter()
+            .map(|(p, l)| format!("{} {l}\n", p.display()))
+            .collect();
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        // Under the target dir (not a temp dir that a static would never remove), fresh per run.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-e2e");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let weights = dir.join("r18.safetensors");
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let cfg = TsmConfig::pptsm_r18(CLASSES).with_num_seg(4);
+        Tsm::new(&cfg, vb).unwrap().save(&weights).unwrap();
+
+        let labels = dir.join("labels.txt");
+        std::fs::write(&labels, "walking\nrunning, fast\njumping\nsitting\n").unwrap();
+
+        let generated = dir.join("generated");
+        std::fs::create_dir(&generated).unwrap();
+        let mut videos = vec![
+            (media("bikes.mp4"), 0),
+            (media("carphone_pristine.mp4"), 1),
+            (media("carphone_distorted.mp4"), 1),
+        ];
+        for (i, (source, name)) in [
+            ("testsrc=size=96x72:rate=10", "a.avi"),
+            ("testsrc2=size=80x64:rate=12", "b.mp4"),
+            ("mandelbrot=size=96x96:rate=10", "sub/c.mkv"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let out = generated.join(name);
+            std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+            ffmpeg(&[
+                "-f",
+                "lavfi",
+                "-i",
+                source,
+                "-t",
+                "2",
+                "-c:v",
+                "mpeg4",
+                out.to_str().unwrap(),
+            ]);
+            videos.push((out, (i + 2) % CLASSES));
+        }
+        let broken_dir = dir.join("broken");
+        std::fs::create_dir(&broken_dir).unwrap();
+        let broken = broken_dir.join("broken.mp4");
+        std::fs::write(&broken, b"this is not a video, just bytes".repeat(40)).unwrap();
+        Fixture {
+            dir,
+            weights,
+            labels,
+            videos,
+            broken,
+        }
+    })
+}
+
+fn tsm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs a command expected to stop with an error: exit status 1 and one line on stderr that
+/// contains every one of `needles`.
+fn check_error(args: &[&str], needles: &[&str]) {
+    let out = tsm(args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(err.starts_with("tsm-cli: error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: `{n}` missing from: {err}");
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `predict --json --topk CLASSES` over `paths`: each line's object.
+fn predict_json(f: &Fixture, paths: &[&str]) -> (Output, Vec<Value>) {
+    let mut args = vec![
+        "predict",
+        "--weights",
+        s(&f.weights),
+        "--json",
+        "--topk",
+        "4",
+    ];
+    args.extend(["--labels", s(&f.labels)]);
+    args.extend(SIZES);
+    args.extend(paths);
+    let out = tsm(&args);
+    let rows = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out, rows)
+}
+
+#[test]
+fn predict_json_gives_a_full_softmax_per_video() {
+    let f = fixture();
+    let generated = f.path("generated");
+    let (out, rows) = predict_json(f, &[s(&generated), s(&media("bikes.mp4"))]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The folder is walked recursively and sorted: a.avi, b.mp4, sub/c.mkv; then bikes.
+    let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths.len(), 4, "{paths:?}");
+    assert!(paths[0].ends_with("a.avi") && paths[2].ends_with("sub/c.mkv"));
+    for row in &rows {
+        let topk = row["topk"].as_array().unwrap();
+        assert_eq!(topk.len(), CLASSES);
+        let scores: Vec<f64> = topk.iter().map(|t| t["score"].as_f64().unwrap()).collect();
+        let sum: f64 = scores.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{row}: sums to {sum}");
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{row}: not sorted");
+        let mut classes: Vec<u64> = topk.iter().map(|t| t["class"].as_u64().unwrap()).collect();
+        classes.sort_unstable();
+        assert_eq!(classes, vec![0, 1, 2, 3]);
+        let c = topk[0]["class"].as_u64().unwrap() as usize;
+        let names = ["walking", "running, fast", "jumping", "sitting"];
+        assert_eq!(topk[0]["label"], names[c]);
+    }
+}
+
+#[test]
+fn predict_skips_an_unreadable_video_and_says_so() {
+    let f = fixture();
+    let good = &f.videos[3].0;
+    let mut args = vec!["predict", "--weights", s(&f.weights), "--topk", "2"];
+    args.extend(SIZES);
+    args.extend([s(good), s(&f.broken)]);
+    let out = tsm(&args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stdout.starts_with(s(good)), "{stdout}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert!(stdout.contains("class "), "{stdout}");
+    assert!(
+        stderr.contains(&format!("skipped {}", s(&f.broken))),
+        "{stderr}"
+    );
+    assert!(stderr.contains("predicted 1 of 2 videos"), "{stderr}");
+    assert!(stderr.contains("1 failed"), "{stderr}");
+}
+
+/// `top-1: 0.5000 (3/6)` -> 3.
+fn top1_count(stdout: &str) -> usize {
+    let line = stdout.lines().find(|l| l.starts_with("top-1:")).unwrap();
+    let inner = line.split('(').nth(1).unwrap();
+    inner.split('/').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn eval_top1_equals_a_hand_count_of_predict() {
+    let f = fixture();
+    let list = f.list("all.txt", &f.videos);
+    let out_dir = f.path("eval-all");
+    let mut args = vec!["eval", "--weights", s(&f.weights), "--list", s(&list)];
+    args.extend(["--labels", s(&f.labels), "--out", s(&out_dir)]);
+    args.extend(SIZES);
+    let out = tsm(&args);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let paths: Vec<&str> = f.videos.iter().map(|(p, _)| s(p)).collect();
+    let (_, rows) = predict_json(f, &paths);
+    let hand = rows
+        .iter()
+        .zip(&f.videos)
+        .filter(|(r, (_, label))| r["topk"][0]["class"].as_u64() == Some(*label as u64))
+        .count();
+    assert_eq!(top1_count(&stdout), hand, "{stdout}");
+    assert!(
+        stdout.contains("top-5: 1.0000"),
+        "4 classes: always in the top 5\n{stdout}"
+    );
+    assert!(stdout.contains("mean class accuracy:"), "{stdout}");
+
+    let csv = std::fs::read_to_string(out_dir.join("predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), f.videos.len() + 1);
+    assert!(csv.contains("\"running, fast\""), "{csv}");
+    let cm = std::fs::read_to_string(out_dir.join("confusion.csv")).unwrap();
+    assert_eq!(cm.lines().count(), CLASSES + 1);
+    let total: u64 = cm
+        .lines()
+        .skip(1)
+        .flat_map(|l| {
+            l.rsplitn(CLASSES + 1, ',')
+                .take(CLASSES)
+                .collect::<Vec<_>>()
+        })
+        .map(|v| v.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, f.videos.len() as u64);
+    let png = image::open(out_dir.join("confusion.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["evaluated"], f.videos.len());
+    assert!(!out_dir.join("failed.txt").exists());
+}
+
+#[test]
+fn eval_reports_counts_and_excludes_a_corrupt_video() {
+    let f = fixture();
+    let mut entries = f.videos[..3].to_vec();
+    entries.insert(1, (f.broken.clone(), 2));
+    let list = f.list("with-broken.txt", &entries);
+    let out_dir = f.path("eval-broken");
+    let mut args = vec!["eval", "--weights", s(&f.weights), "--list", s(&list)];
+    args.extend(["--out", s(&out_dir), "--predictions", "jsonl"]);
+    args.extend(SIZES);
+    let out = tsm(&args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2 {}", s(&list), s(&f.broken))),
+        "{stderr}"
+    );
+    assert!(stdout.contains("evaluated 3 of 4 videos"), "{stdout}");
+    assert!(stdout.contains("failed: 1 videos"), "{stdout}");
+    assert!(stdout.contains("/3)"), "{stdout}");
+    let preds = std::fs::read_to_string(out_dir.join("predictions.jsonl")).unwrap();
+    assert_eq!(preds.lines().count(), 3);
+    let failed = std::fs::read_to_string(out_dir.join("failed.txt")).unwrap();
+    assert!(failed.contains("broken.mp4"), "{failed}");
+}
+
+#[test]
+fn eval_dense_views_average_clips_and_crops() {
+    let f = fixture();
+    let list = f.list("dense.txt", &f.videos[..2]);
+    let out_dir = f.path("eval-dense");
+    let mut args = vec!["eval", "--weights", s(&f.weights), "--list", s(&list)];
+    args.extend([
+        "--views", "dense", "--clips", "2", "--crops", "3", "--window", "16",
+    ]);
+    args.extend(["--out", s(&out_dir), "--predictions", "jsonl"]);
+    args.extend(SIZES);
+    let out = tsm(&args);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("(6 clips each)"), "{stdout}");
+    for line in std::fs::read_to_string(out_dir.join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let row: Value = serde_json::from_str(line).unwrap();
+        let sum: f64 = row["topk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["score"].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{row}");
+    }
+}
+
+#[test]
+fn errors_are_one_line_and_say_what_and_where() {
+    let f = fixture();
+    let w = s(&f.weights);
+    let video = s(&f.videos[0].0);
+
+    let three = f.path("three-labels.txt");
+    std::fs::write(&three, "1 a\n2 b\n3 c\n").unwrap();
+    check_error(
+        &["predict", "--weights", w, "--labels", s(&three), video],
+        &["has 3 classes but the model", "has 4"],
+    );
+
+    let list = f.list(
+        "missing.txt",
+        &[(f.videos[0].0.clone(), 0), (f.path("nope.avi"), 1)],
+    );
+    check_error(
+        &["eval", "--weights", w, "--list", s(&list)],
+        &[&format!("{}:2:", s(&list)), "nope.avi does not exist"],
+    );
+
+    let out_of_range = f.list("range.txt", &[(f.videos[0].0.clone(), 9)]);
+    check_error(
+        &["eval", "--weights", w, "--list", s(&out_of_range)],
+        &[":1: label 9 is out of range"],
+    );
+
+    // R18 tensors whose metadata claims ResNet-34.
+    let model = Tsm::load(&f.weights, &Device::Cpu).unwrap();
+    let mut cfg = model.config().clone();
+    cfg.depth = 34;
+    let lying = f.path("lying.safetensors");
+    let meta = [(
+        CONFIG_METADATA_KEY.to_string(),
+        serde_json::to_string(&cfg).unwrap(),
+    )]
+    .into_iter()
+    .collect();
+    tsm_model::write_safetensors(&lying, &model.named_tensors(), &meta).unwrap();
+    check_error(
+        &["info", s(&lying)],
+        &["lying.safetensors", "do not match PP-TSM ResNet-34"],
+    );
+
+    let foreign = f.path("foreign.safetensors");
+    tsm_model::write_safetensors(&foreign, &model.named_tensors(), &Default::default()).unwrap();
+    check_error(
+        &["predict", "--weights", s(&foreign), video],
+        &["no `tsm_config`", "convert-weights"],
+    );
+
+    check_error(
+        &["predict", "--weights", w, s(&f.path("absent.mp4"))],
+        &["absent.mp4"],
+    );
+    #[cfg(not(feature = "cuda"))]
+    check_error(
+        &["predict", "--device", "cuda:0", "--weights", w, video],
+        &["built without CUDA"],
+    );
+}
+
+#[test]
+fn preprocess_writes_the_tensor_the_loader_makes() {
+    let f = fixture();
+    let video = media("bikes.mp4");
+    let out = f.path("bikes.safetensors");
+    let sheet = f.path("bikes.png");
+    let mut args = vec!["preprocess", s(&video), "--num-seg", "4", "--out", s(&out)];
+    args.extend(["--contact-sheet", s(&sheet)]);
+    args.extend(SIZES);
+    let run = tsm(&args);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+
+    let tensors = test_support::read_safetensors(&out);
+    let clips = &tensors["clips"];
+    assert_eq!(clips.shape, vec![1, 4, 3, 56, 56]);
+    let pipeline = augment::PipelineConfig {
+        transforms: vec![
+            augment::Transform::Scale(augment::Scale {
+                fixed_ratio: false,
+                ..augment::Scale::new(64)
+            }),
+            augment::Transform::CenterCrop(augment::CenterCrop::new(56)),
+        ],
+        ..augment::PipelineConfig::tutorial_valid()
+    };
+    let loader = augment::ClipLoader::new(
+        video_io::Sampling::Segments {
+            num_seg: 4,
+            seg_len: 1,
+        },
+        augment::Pipeline::new(pipeline).unwrap(),
+        video_io::DecodeOptions::default(),
+    );
+    let want = loader
+        .load_seeded(
+            &video_io::SampleLocation::Video(video),
+            video_io::SampleMode::Valid,
+            0,
+        )
+        .unwrap();
+    assert_eq!(clips.data, want.clips[0].data);
+    let bytes = std::fs::read(&out).unwrap();
+    let meta = tsm_model::read_metadata(&out, &bytes).unwrap();
+    let indices: Vec<usize> = serde_json::from_str(&meta["indices"]).unwrap();
+    assert_eq!(indices, want.indices);
+    assert_eq!(meta["frames_len"], want.frames_len.to_string());
+    let png = image::open(&sheet).unwrap();
+    assert_eq!((png.width(), png.height()), (4 * 58 + 2, 58 + 2));
+
+    // Training mode: the seed decides the random choices.
+    let train = |seed: &str, name: &str| {
+        let path = f.path(name);
+        let mut args = vec!["preprocess", s(&f.videos[3].0), "--num-seg", "4"];
+        args.extend(["--mode", "train", "--seed", seed, "--out", s(&path)]);
+        args.extend(SIZES);
+        let run = tsm(&args);
+        assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+        test_support::read_safetensors(&path)["clips"].data.clone()
+    };
+    let a = train("3", "t3a.safetensors");
+    assert_eq!(a, train("3", "t3b.safetensors"));
+    assert_ne!(a, train("4", "t4.safetensors"));
+}
+
+#[test]
+fn info_describes_the_checkpoint() {
+    let f = fixture();
+    let out = tsm(&["info", s(&f.weights)]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cfg = TsmConfig::pptsm_r18(CLASSES).with_num_seg(4);
+    let params: usize = tsm_model::parameter_shapes(&cfg)
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| !n.contains(".running_"))
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    for needle in [
+        "ResNet-18-vd (BasicBlock)".to_string(),
+        "num_seg:       4".into(),
+        "classes:       4".into(),
+        format!("parameters:    {params} "),
+        "FLOPs/clip:".into(),
+        "tsm_config:".into(),
+    ] {
+        assert!(stdout.contains(&needle), "`{needle}` missing:\n{stdout}");
+    }
+}
+
+#[test]
+fn every_command_has_an_example_in_its_help() {
+    for cmd in ["predict", "eval", "preprocess", "info"] {
+        let out = tsm(&[cmd, "--help"]);
+        let help = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(help.contains("Example"), "{cmd}:\n{help}");
+        assert!(help.contains(&format!("tsm-cli {cmd} ")), "{cmd}:\n{help}");
+    }
+    let top = text(&tsm(&["--help"]).stdout);
+    assert!(top.contains("Exit status"), "{top}");
+}
