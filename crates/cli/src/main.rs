@@ -12,6 +12,7 @@ mod labels;
 mod plot;
 mod predict;
 mod preprocess;
+mod train;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,9 @@ enum Command {
     /// Architecture, classes, parameters, FLOPs and metadata of a checkpoint.
     #[command(after_help = info::AFTER_HELP)]
     Info(info::Args),
+    /// Train or fine-tune PP-TSM from a TOML recipe (PaddleVideo's); resumable.
+    #[command(after_help = train::AFTER_HELP)]
+    Train(train::Args),
 }
 
 /// How a command that did not fail outright ended.
@@ -96,5 +100,6 @@ fn run() -> Result<Outcome> {
         Command::Eval(args) => eval::run(args, &cli.global),
         Command::Preprocess(args) => preprocess::run(args, &cli.global),
         Command::Info(args) => info::run(args, &cli.global),
+        Command::Train(args) => train::run(args, &cli.global),
     }
 }

@@ -1,0 +1,75 @@
+//! `tsm-cli train`: PP-TSM training from a TOML recipe (see the `train-loop` crate).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use train_loop::{TrainConfig, Trainer};
+
+use crate::{Global, Outcome};
+
+pub const AFTER_HELP: &str = "\
+Examples:
+  tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml
+  tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml -o train.epochs=5 -o data.batch_size=8
+  tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml --resume
+
+The run directory (output.dir, or --output) receives config.toml (the resolved configuration),
+metrics.jsonl (every step, epoch and validation), epoch_NNNNN.safetensors checkpoints with their
+.state.safetensors training state, and best.safetensors. --resume continues from the newest
+complete checkpoint there; with the same seed and thread count (RAYON_NUM_THREADS,
+data.num_workers) the result is bit-identical to an uninterrupted run.";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The training recipe (TOML), e.g. assets/configs/pptsm_ucf101_tutorial.toml.
+    #[arg(short = 'c', long)]
+    config: PathBuf,
+    /// Set a config value, `section.key=value` (repeatable), as PaddleVideo's `-o`.
+    #[arg(short = 'o', long = "override", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue from the newest complete checkpoint in the run directory.
+    #[arg(long)]
+    resume: bool,
+    /// The run directory (sets output.dir).
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    if global.device != "cpu" {
+        bail!(
+            "train runs on the CPU for now (got --device {})",
+            global.device
+        );
+    }
+    let mut overrides = args.overrides;
+    if let Some(dir) = &args.output {
+        let dir = toml::Value::String(dir.to_string_lossy().into_owned());
+        overrides.push(format!("output.dir={dir}"));
+    }
+    let cfg = TrainConfig::load(&args.config, &overrides)?;
+    let out = cfg.output.dir.clone();
+    let summary = Trainer::new(cfg, args.resume)
+        .and_then(|mut t| t.run())
+        .with_context(|| format!("training into {}", out.display()))?;
+    if summary.best_epoch > 0 {
+        println!(
+            "done: {} epochs, best top1 {:.5} at epoch {}; final weights {}",
+            summary.epochs,
+            summary.best_top1,
+            summary.best_epoch,
+            summary.final_checkpoint.display()
+        );
+    } else {
+        println!(
+            "done: {} epochs; final weights {}",
+            summary.epochs,
+            summary.final_checkpoint.display()
+        );
+    }
+    Ok(if summary.failed > 0 {
+        Outcome::SomeInputsFailed
+    } else {
+        Outcome::Success
+    })
+}
