@@ -92,6 +92,47 @@ pub struct EpochRecord {
     pub failed: usize,
 }
 
+/// The running means a training epoch or a validation pass reports.
+#[derive(Debug, Default)]
+pub struct EpochMeters {
+    /// Loss, weighted by samples.
+    pub loss: Mean,
+    /// Top-1, weighted by samples.
+    pub top1: Mean,
+    /// Top-5, weighted by samples.
+    pub top5: Mean,
+    /// Seconds per batch.
+    pub batch: Mean,
+    /// Seconds per batch spent waiting for data.
+    pub reader: Mean,
+}
+
+impl EpochMeters {
+    /// The summary record of `samples` used and `failed` skipped samples.
+    pub fn record(
+        &self,
+        kind: &'static str,
+        epoch: usize,
+        global_step: u64,
+        samples: usize,
+        failed: usize,
+    ) -> EpochRecord {
+        EpochRecord {
+            kind,
+            epoch,
+            global_step,
+            loss: self.loss.get(),
+            top1: self.top1.get(),
+            top5: self.top5.get(),
+            batch_time: self.batch.get(),
+            reader_time: self.reader.get(),
+            ips: samples as f64 / (self.batch.get() * self.batch.weight()).max(1e-9),
+            samples,
+            failed,
+        }
+    }
+}
+
 /// Writes log lines to stdout and records to `metrics.jsonl`.
 #[derive(Debug)]
 pub struct Reporter {

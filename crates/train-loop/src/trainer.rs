@@ -19,7 +19,7 @@ use crate::config::TrainConfig;
 use crate::error::{io, Error, Result};
 use crate::loader::{rng_for, BatchStream, Dataset, EpochPlan, Stream};
 use crate::loss::{average_views, cross_entropy, distill_loss, topk_accuracy, train_loss};
-use crate::metrics::{EpochRecord, Mean, Reporter, StepRecord};
+use crate::metrics::{EpochMeters, EpochRecord, Reporter, StepRecord};
 use crate::optim::{Momentum, WarmupCosine};
 
 /// What a finished run reports.
@@ -335,9 +335,7 @@ impl Trainer {
         );
         let epochs = self.cfg.train.epochs;
         let eps = self.cfg.train.label_smoothing;
-        let (mut loss_m, mut top1_m, mut top5_m) =
-            (Mean::default(), Mean::default(), Mean::default());
-        let (mut batch_m, mut reader_m) = (Mean::default(), Mean::default());
+        let mut meters = EpochMeters::default();
         let (mut samples, mut failed) = (0, 0);
         let mut tic = Instant::now();
         for item in stream {
@@ -386,11 +384,11 @@ impl Trainer {
                 };
                 let batch_time = tic.elapsed().as_secs_f64();
                 let w = n as f64;
-                loss_m.add(f64::from(loss_v), w);
-                top1_m.add(top1, w);
-                top5_m.add(top5, w);
-                batch_m.add(batch_time, 1.0);
-                reader_m.add(reader_time, 1.0);
+                meters.loss.add(f64::from(loss_v), w);
+                meters.top1.add(top1, w);
+                meters.top5.add(top5, w);
+                meters.batch.add(batch_time, 1.0);
+                meters.reader.add(reader_time, 1.0);
                 samples += n;
                 let rec = StepRecord {
                     kind: "step",
@@ -416,19 +414,7 @@ impl Trainer {
         if !self.cfg.lr.iter_step {
             self.schedule.step();
         }
-        let rec = EpochRecord {
-            kind: "epoch",
-            epoch: epoch + 1,
-            global_step: self.state.global_step,
-            loss: loss_m.get(),
-            top1: top1_m.get(),
-            top5: top5_m.get(),
-            batch_time: batch_m.get(),
-            reader_time: reader_m.get(),
-            ips: samples as f64 / (batch_m.get() * batch_m.weight()).max(1e-9),
-            samples,
-            failed,
-        };
+        let rec = meters.record("epoch", epoch + 1, self.state.global_step, samples, failed);
         self.reporter.epoch(&rec)?;
         Ok(rec)
     }
@@ -458,9 +444,7 @@ impl Trainer {
             prefetch: self.cfg.data.prefetch,
             max_failed_fraction: self.cfg.data.max_failed_fraction,
         };
-        let (mut loss_m, mut top1_m, mut top5_m) =
-            (Mean::default(), Mean::default(), Mean::default());
-        let (mut batch_m, mut reader_m) = (Mean::default(), Mean::default());
+        let mut meters = EpochMeters::default();
         let (mut samples, mut failed) = (0, 0);
         let mut tic = Instant::now();
         for item in BatchStream::start(valid, plan, self.pool.clone()) {
@@ -476,28 +460,16 @@ impl Trainer {
                 let loss = cross_entropy(&logits, &batch.labels, 0.0)?.to_scalar::<f32>()?;
                 let acc = topk_accuracy(&logits, &batch.labels, &[1, 5])?;
                 let w = batch.labels.len() as f64;
-                loss_m.add(f64::from(loss), w);
-                top1_m.add(acc[0], w);
-                top5_m.add(acc[1], w);
+                meters.loss.add(f64::from(loss), w);
+                meters.top1.add(acc[0], w);
+                meters.top5.add(acc[1], w);
                 samples += batch.labels.len();
-                batch_m.add(tic.elapsed().as_secs_f64(), 1.0);
-                reader_m.add(reader_time, 1.0);
+                meters.batch.add(tic.elapsed().as_secs_f64(), 1.0);
+                meters.reader.add(reader_time, 1.0);
             }
             tic = Instant::now();
         }
-        let rec = EpochRecord {
-            kind: "val",
-            epoch: epoch + 1,
-            global_step: self.state.global_step,
-            loss: loss_m.get(),
-            top1: top1_m.get(),
-            top5: top5_m.get(),
-            batch_time: batch_m.get(),
-            reader_time: reader_m.get(),
-            ips: samples as f64 / (batch_m.get() * batch_m.weight()).max(1e-9),
-            samples,
-            failed,
-        };
+        let rec = meters.record("val", epoch + 1, self.state.global_step, samples, failed);
         self.reporter.epoch(&rec)?;
         Ok(rec)
     }
