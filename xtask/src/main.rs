@@ -33,8 +33,6 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Convert PaddleVideo `.pdparams` weights to a tsm-model safetensors checkpoint
-    /// (`--inspect FILE` lists a file's keys, dtypes and shapes).
     /// Convert PaddleVideo `.pdparams` to a tsm-model safetensors checkpoint (runs the
     /// `convert-weights` binary of crates/paddle-weights; `--help` shows its options).
     #[command(disable_help_flag = true)]
