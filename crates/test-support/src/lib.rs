@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod motion;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
