@@ -6,6 +6,7 @@
 //! match arm.
 
 mod common;
+mod curves;
 mod eval;
 mod info;
 mod labels;
@@ -66,6 +67,9 @@ enum Command {
     /// Train or fine-tune PP-TSM from a TOML recipe (PaddleVideo's); resumable.
     #[command(after_help = train::AFTER_HELP)]
     Train(train::Args),
+    /// Training curves (loss, learning rate, top-1, top-5) of a run directory as a PNG.
+    #[command(after_help = curves::AFTER_HELP)]
+    Plot(curves::Args),
 }
 
 /// How a command that did not fail outright ended.
@@ -101,5 +105,6 @@ fn run() -> Result<Outcome> {
         Command::Preprocess(args) => preprocess::run(args, &cli.global),
         Command::Info(args) => info::run(args, &cli.global),
         Command::Train(args) => train::run(args, &cli.global),
+        Command::Plot(args) => curves::run(args, &cli.global),
     }
 }

@@ -1,4 +1,4 @@
-//! Pictures: the confusion-matrix heat map (and the font every picture uses).
+//! Pictures: the confusion-matrix heat map, training curves (and the font every picture uses).
 //!
 //! plotters draws into an RGB buffer with its bitmap backend and an embedded font (DejaVu Sans
 //! Mono, `assets/fonts`), so no system fontconfig is needed; `image` writes the PNG.
@@ -124,6 +124,121 @@ pub fn confusion_png(path: &Path, matrix: &[Vec<u64>], names: &[String]) -> Resu
                     .transform(FontTransform::Rotate90),
             ))
             .map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    save_png(path, width, height, buf)
+}
+
+/// One line of a chart: a name for the legend, its colour, its points (a non-finite value breaks
+/// the line, as a diverged loss does) and whether to mark each point (epoch-level series).
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend text.
+    pub name: &'static str,
+    /// Line colour.
+    pub color: RGBColor,
+    /// (x, y) points, x increasing.
+    pub points: Vec<(f64, f64)>,
+    /// Draw a dot at every point.
+    pub markers: bool,
+}
+
+/// One chart of a grid: a title, the y range, and its series.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    /// Title above the chart.
+    pub title: &'static str,
+    /// Fixed y range; `None` fits the data (from 0).
+    pub y_range: Option<(f64, f64)>,
+    /// Where the legend goes (a corner the lines tend to leave free).
+    pub legend: SeriesLabelPosition,
+    /// The lines.
+    pub series: Vec<Series>,
+}
+
+/// Draws `panels` in a grid two wide under `title`, x from 0 to `x_max` (epochs), as a PNG.
+pub fn line_charts_png(path: &Path, title: &str, x_max: f64, panels: &[Panel]) -> Result<()> {
+    register_font();
+    let cols = 2;
+    let rows = panels.len().div_ceil(cols).max(1);
+    let (width, height) = (1100u32, 40 + 360 * rows as u32);
+    let mut buf = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        let draw_err = |e| anyhow!("drawing {}: {e}", path.display());
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (top, body) = root.split_vertically(40);
+        top.draw(&Text::new(
+            title,
+            (10, 12),
+            TextStyle::from((FONT, 16.0).into_font()).pos(Pos::new(HPos::Left, VPos::Top)),
+        ))
+        .map_err(draw_err)?;
+        let x_max = if x_max > 0.0 { x_max } else { 1.0 };
+        for (panel, area) in panels.iter().zip(body.split_evenly((rows, cols))) {
+            let finite = || {
+                panel
+                    .series
+                    .iter()
+                    .flat_map(|s| s.points.iter().map(|p| p.1))
+                    .filter(|v| v.is_finite())
+            };
+            let (y0, y1) = panel.y_range.unwrap_or_else(|| {
+                let hi = finite().fold(0.0f64, f64::max);
+                (
+                    finite().fold(0.0f64, f64::min),
+                    if hi > 0.0 { hi * 1.05 } else { 1.0 },
+                )
+            });
+            let mut chart = ChartBuilder::on(&area)
+                .caption(panel.title, (FONT, 15.0))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0.0..x_max, y0..y1)
+                .map_err(draw_err)?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .label_style((FONT, 12.0))
+                .max_light_lines(2)
+                .light_line_style(RGBColor(240, 240, 240))
+                .draw()
+                .map_err(draw_err)?;
+            for s in &panel.series {
+                let style = s.color.stroke_width(2);
+                // Unbroken runs of finite points, each one path.
+                let runs = s.points.split(|p| !p.1.is_finite());
+                for run in runs.filter(|r| !r.is_empty()) {
+                    chart
+                        .draw_series(std::iter::once(PathElement::new(run.to_vec(), style)))
+                        .map_err(draw_err)?;
+                }
+                if s.markers {
+                    let dots = s.points.iter().filter(|p| p.1.is_finite());
+                    chart
+                        .draw_series(dots.map(|&p| Circle::new(p, 3, s.color.filled())))
+                        .map_err(draw_err)?;
+                }
+                // An empty series, drawn only to carry the legend entry.
+                let color = s.color;
+                chart
+                    .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())
+                    .map_err(draw_err)?
+                    .label(s.name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 12.0))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(panel.legend.clone())
+                .draw()
+                .map_err(draw_err)?;
         }
         root.present().map_err(draw_err)?;
     }

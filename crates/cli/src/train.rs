@@ -14,8 +14,9 @@ Examples:
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml --resume
 
 The run directory (output.dir, or --output) receives config.toml (the resolved configuration),
-metrics.jsonl (every step, epoch and validation), epoch_NNNNN.safetensors checkpoints with their
-.state.safetensors training state, and best.safetensors. --resume continues from the newest
+metrics.jsonl (every step, epoch and validation), curves.png (its charts, as `tsm-cli plot`
+draws them), epoch_NNNNN.safetensors checkpoints with their .state.safetensors training state,
+and best.safetensors. --resume continues from the newest
 complete checkpoint there; with the same seed and thread count (RAYON_NUM_THREADS,
 data.num_workers) the result is bit-identical to an uninterrupted run.";
 
@@ -52,6 +53,10 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let summary = Trainer::new(cfg, args.resume)
         .and_then(|mut t| t.run())
         .with_context(|| format!("training into {}", out.display()))?;
+    let curves = out.join(crate::curves::CURVES_PNG);
+    crate::curves::write(&out, &curves)
+        .context("training finished, but drawing its curves failed")?;
+    println!("training curves: {}", curves.display());
     if summary.best_epoch > 0 {
         println!(
             "done: {} epochs, best top1 {:.5} at epoch {}; final weights {}",

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -10,6 +12,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::Value;
+use test_support::motion::{self, Motion, MotionSpec};
 use test_support::{ffmpeg, media};
 use tsm_model::{Tsm, TsmConfig, CONFIG_METADATA_KEY};
 
@@ -470,7 +473,7 @@ fn info_describes_the_checkpoint() {
 
 #[test]
 fn every_command_has_an_example_in_its_help() {
-    for cmd in ["predict", "eval", "preprocess", "info"] {
+    for cmd in ["predict", "eval", "preprocess", "info", "train", "plot"] {
         let out = tsm(&[cmd, "--help"]);
         let help = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0));
@@ -479,4 +482,70 @@ fn every_command_has_an_example_in_its_help() {
     }
     let top = text(&tsm(&["--help"]).stdout);
     assert!(top.contains("Exit status"), "{top}");
+}
+
+#[test]
+fn train_draws_its_curves_and_plot_redraws_them() {
+    let dir = common::fresh_dir("cli-plot");
+    let spec = MotionSpec {
+        size: 32,
+        frames: 4,
+        train_per_class: 4,
+        val_per_class: 2,
+        motions: vec![Motion::Horizontal],
+        seed: 1,
+    };
+    let set = motion::generate(&spec, &dir.join("data")).unwrap();
+    let run = dir.join("run");
+    let overrides = [
+        "model.num_seg=4",
+        "data.sampling.segments.num_seg=4",
+        "data.batch_size=4",
+        "train.epochs=2",
+    ];
+    let overrides: Vec<String> = overrides.iter().map(|o| o.to_string()).collect();
+    let out = common::train_on_motion(&set, &run, &overrides);
+    let curves = run.join("curves.png");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("training curves: {}", curves.display())),
+        "{stdout}"
+    );
+    let png = image::open(&curves).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (1100, 760));
+    // The training series' colour is there: lines were drawn, not just axes.
+    let blue = png.pixels().filter(|p| p.0 == [31, 119, 180]).count();
+    assert!(blue > 500, "only {blue} pixels of the training curves");
+
+    let again = dir.join("again.png");
+    let out = tsm(&["plot", s(&run), "--out", s(&again)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(image::open(&again).unwrap().to_rgb8(), png);
+
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let bad = dir.join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let mut lines: Vec<&str> = metrics.lines().collect();
+    lines[2] = r#"{"kind":"step","epoch":1"#;
+    std::fs::write(bad.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    check_error(
+        &["plot", s(&bad)],
+        &[&format!(
+            "{}:3: not a metrics record",
+            bad.join("metrics.jsonl").display()
+        )],
+    );
+    lines[2] = r#"{"kind":"lap","epoch":1,"loss":1.0,"top1":0.5,"top5":1.0}"#;
+    std::fs::write(bad.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    check_error(
+        &["plot", s(&bad)],
+        &["metrics.jsonl:3: unknown record kind `lap`"],
+    );
+    check_error(
+        &["plot", s(&dir.join("absent"))],
+        &[&format!(
+            "reading {}",
+            dir.join("absent/metrics.jsonl").display()
+        )],
+    );
 }

@@ -1,0 +1,65 @@
+//! Training runs of the demo recipe on generated motion clips, shared by the tests that train.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use test_support::motion::MotionSet;
+
+/// `assets/configs/demo_motion.toml`, the recipe `cargo xtask demo` trains with.
+pub fn demo_recipe() -> PathBuf {
+    test_support::project_root().join("assets/configs/demo_motion.toml")
+}
+
+/// A fresh folder under the target dir (not a temp dir that a failed run would leave behind
+/// unnamed).
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `tsm-cli train` with the demo recipe on `set` into `run`, with more `-o` overrides (its
+/// number of classes and data paths are set here). Two threads, so runs repeat exactly.
+pub fn train_on_motion(set: &MotionSet, run: &Path, overrides: &[String]) -> Output {
+    let mut o = vec![
+        format!("model.num_classes={}", set.classes),
+        format!("data.train_list={}", set.train_list.display()),
+        format!("data.valid_list={}", set.val_list.display()),
+        format!("data.list.root={}", set.root.display()),
+    ];
+    o.extend(overrides.iter().cloned());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tsm-cli"));
+    cmd.arg("train").arg("-c").arg(demo_recipe());
+    for v in &o {
+        cmd.args(["-o", v]);
+    }
+    let out = cmd
+        .arg("--output")
+        .arg(run)
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tsm-cli train failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+/// The `val` records' top-1 of a run's `metrics.jsonl`, in order.
+pub fn val_top1(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "val")
+        .map(|v| v["top1"].as_f64().unwrap())
+        .collect()
+}
