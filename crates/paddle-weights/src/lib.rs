@@ -12,7 +12,7 @@
 
 pub mod pickle;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -119,6 +119,10 @@ pub enum ParseError {
 }
 
 /// Parses `.pdparams` bytes into named arrays.
+///
+/// The arrays hold at most the file's bytes: a key given twice is an error, and so is an array
+/// shared by two keys through a memo reference (`paddle.save` writes neither), because joining
+/// or converting shared arrays would copy the same bytes once per key.
 pub fn parse_pdparams(bytes: &[u8]) -> Result<Vec<(String, NdArray)>, ParseError> {
     let value = pickle::parse(bytes).map_err(ParseError::Pickle)?;
     let Value::Dict(items, _) = value else {
@@ -126,13 +130,18 @@ pub fn parse_pdparams(bytes: &[u8]) -> Result<Vec<(String, NdArray)>, ParseError
             "the top-level value is not a dict".into(),
         ));
     };
-    let mut arrays: Vec<(String, NdArray)> = Vec::new();
+    let mut arrays: Vec<Option<(String, NdArray)>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     let mut big: Vec<(String, Value)> = Vec::new();
+    let mut seen = HashSet::new();
     for (k, v) in items {
         let Value::Str(key) = k else {
             return Err(ParseError::Structure("a key is not a string".into()));
         };
         let key = key.to_string();
+        if !seen.insert(key.clone()) {
+            return Err(ParseError::Entry(key, "the key appears twice".into()));
+        }
         match v {
             _ if key == STRUCTURED_NAMES_KEY => {}
             Value::Dict(info, _) if key == BIG_PARAM_KEY => {
@@ -142,30 +151,44 @@ pub fn parse_pdparams(bytes: &[u8]) -> Result<Vec<(String, NdArray)>, ParseError
                     }
                 }
             }
-            Value::Array(Some(a)) => arrays.push((key, (*a).clone())),
+            Value::Array(Some(a)) => {
+                index.insert(key.clone(), arrays.len());
+                arrays.push(Some((key, (*a).clone())));
+            }
             other => {
                 return Err(ParseError::Entry(
                     key,
-                    format!("expected an array, found a {other:?}")
-                        .chars()
-                        .take(80)
-                        .collect(),
+                    format!("expected an array, found a {}", other.kind()),
                 ))
             }
         }
     }
-    for (name, desc) in big {
-        join_big_param(&mut arrays, &name, &desc)?;
+    // Every other holder of the data (the pickle's memo and stack) is gone by now.
+    if let Some((key, _)) = arrays
+        .iter()
+        .flatten()
+        .find(|(_, a)| Rc::strong_count(&a.data) > 1)
+    {
+        return Err(ParseError::Entry(
+            key.clone(),
+            "its array is shared with another key (a memo reference)".into(),
+        ));
     }
-    Ok(arrays)
+    for (name, desc) in big {
+        let joined = join_big_param(&mut arrays, &index, &name, &desc)?;
+        arrays.push(Some((name, joined)));
+    }
+    Ok(arrays.into_iter().flatten().collect())
 }
 
-/// Joins `name@@.0`, `name@@.1`, ... (flattened pieces) into `name` with its original shape.
+/// Joins `name@@.0`, `name@@.1`, ... (flattened pieces, taken out of `arrays`, found through
+/// `index`) into one array with the original shape.
 fn join_big_param(
-    arrays: &mut Vec<(String, NdArray)>,
+    arrays: &mut [Option<(String, NdArray)>],
+    index: &HashMap<String, usize>,
     name: &str,
     desc: &Value,
-) -> Result<(), ParseError> {
+) -> Result<NdArray, ParseError> {
     let err = |m: &str| ParseError::Entry(name.to_string(), format!("{BIG_PARAM_KEY}: {m}"));
     let Value::Dict(fields, _) = desc else {
         return Err(err("description is not a dict"));
@@ -203,10 +226,9 @@ fn join_big_param(
     let mut data = Vec::new();
     let mut dtype = None;
     for s in &slices {
-        let Some(pos) = arrays.iter().position(|(k, _)| k == s) else {
+        let Some((_, piece)) = index.get(s).and_then(|&i| arrays[i].take()) else {
             return Err(err(&format!("piece `{s}` is missing")));
         };
-        let (_, piece) = arrays.remove(pos);
         if dtype.is_some_and(|d| d != piece.dtype) {
             return Err(err("pieces have different dtypes"));
         }
@@ -224,16 +246,12 @@ fn join_big_param(
             data.len()
         )));
     }
-    arrays.push((
-        name.to_string(),
-        NdArray {
-            dtype,
-            shape,
-            data: Rc::new(data),
-            fortran_order: false,
-        },
-    ));
-    Ok(())
+    Ok(NdArray {
+        dtype,
+        shape,
+        data: Rc::new(data),
+        fortran_order: false,
+    })
 }
 
 /// The rename table, applied to each dot-separated component of a Paddle name (after the

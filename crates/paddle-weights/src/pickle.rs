@@ -1,14 +1,14 @@
 //! A pickle reader for the subset `paddle.save` writes: a dict of numpy arrays.
 //!
 //! It executes nothing. Globals are resolved against a fixed allow-list (numpy's array
-//! reconstruction, `numpy.dtype`, `_codecs.encode`, `collections.OrderedDict`); any other global
+//! reconstruction, `numpy.dtype`, `_codecs.encode`, `collections.OrderedDict`, `bytes`); any other global
 //! is an error naming it and its byte offset. Every length claim is checked against the bytes that
 //! remain before anything is allocated, so memory stays proportional to the file size; memo
 //! references to mutable containers are refused (so nothing is copied twice) and nesting is capped
 //! (so dropping a value cannot overflow the stack).
 //!
 //! Protocols 2 to 5: `GLOBAL`/`STACK_GLOBAL`, `numpy.core`/`numpy._core` module names, array bytes
-//! as `_codecs.encode(str, 'latin1')` (protocol 2), `SHORT_BINBYTES`/`BINBYTES`/`BINBYTES8`/
+//! as `_codecs.encode(str, 'latin1')` or, when empty, `bytes()` (protocol 2), `SHORT_BINBYTES`/`BINBYTES`/`BINBYTES8`/
 //! `BYTEARRAY8`, `BINPUT`/`LONG_BINPUT`/`MEMOIZE`/`BINGET`/`LONG_BINGET`, `FRAME`.
 
 use std::collections::HashMap;
@@ -173,6 +173,9 @@ pub enum Global {
     CodecsEncode,
     /// `collections.OrderedDict`
     OrderedDict,
+    /// `bytes` (`__builtin__` in protocol 2): how Python 3 pickles empty bytes for protocol
+    /// 2, e.g. the data of an empty array.
+    Bytes,
 }
 
 fn resolve_global(module: &str, name: &str) -> Option<Global> {
@@ -185,6 +188,7 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
         ("numpy", "dtype") => Global::DtypeType,
         ("_codecs", "encode") => Global::CodecsEncode,
         ("collections", "OrderedDict") => Global::OrderedDict,
+        ("__builtin__" | "builtins", "bytes") => Global::Bytes,
         _ => return None,
     })
 }
@@ -228,7 +232,9 @@ impl Value {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    /// The Python type's name, for messages (never the value: a value can print exponentially
+    /// long when its tuples share memoised parts).
+    pub fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
@@ -319,6 +325,10 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// `_codecs.encode` results by the address of the string they came from (the string kept
+    /// alive beside them), so that encoding one memoised string many times shares one buffer
+    /// instead of multiplying the file's bytes.
+    encoded: HashMap<usize, (Rc<str>, Rc<Vec<u8>>)>,
 }
 
 /// Parses a whole pickle and returns the value `STOP` leaves on the stack.
@@ -333,6 +343,7 @@ pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        encoded: HashMap::new(),
     };
     loop {
         m.r.op_start = m.r.pos;
@@ -444,6 +455,9 @@ impl Machine<'_> {
         }
     }
 
+    /// Adds key-value pairs in file order. Keys are not compared: comparing tuples that share
+    /// memoised parts costs time exponential in their depth, and `pickle.dumps` of a dict never
+    /// repeats a key; the caller decides what a repeated key means.
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
         if !items.len().is_multiple_of(2) {
             return Err(self.r.invalid("SETITEMS with an odd number of items"));
@@ -455,11 +469,7 @@ impl Machine<'_> {
                 let mut it = items.into_iter();
                 while let (Some(k), Some(val)) = (it.next(), it.next()) {
                     *d = (*d).max(k.depth().max(val.depth()) + 1);
-                    if let Some(slot) = v.iter_mut().find(|(kk, _)| *kk == k) {
-                        slot.1 = val;
-                    } else {
-                        v.push((k, val));
-                    }
+                    v.push((k, val));
                 }
                 if *d > MAX_DEPTH {
                     return Err(deep);
@@ -687,7 +697,7 @@ impl Machine<'_> {
         Ok(())
     }
 
-    fn call(&self, callable: Value, args: Value) -> Result<Value, PickleError> {
+    fn call(&mut self, callable: Value, args: Value) -> Result<Value, PickleError> {
         let Value::Global(g) = callable else {
             return Err(self.r.invalid(format!("cannot call a {}", callable.kind())));
         };
@@ -707,12 +717,17 @@ impl Machine<'_> {
                 {
                     return Err(bad("only latin1 encoding is supported"));
                 }
+                let key = Rc::as_ptr(s).cast::<u8>() as usize;
+                if let Some((_, b)) = self.encoded.get(&key) {
+                    return Ok(Value::Bytes(b.clone()));
+                }
                 let bytes: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(c).ok()).collect();
-                bytes
-                    .map(|b| Value::Bytes(Rc::new(b)))
-                    .ok_or_else(|| bad("a character outside latin-1"))
+                let b = Rc::new(bytes.ok_or_else(|| bad("a character outside latin-1"))?);
+                self.encoded.insert(key, (s.clone(), b.clone()));
+                Ok(Value::Bytes(b))
             }
             (Global::OrderedDict, []) => Ok(Value::Dict(Vec::new(), 1)),
+            (Global::Bytes, []) => Ok(Value::Bytes(Rc::new(Vec::new()))),
             (
                 Global::FromBuffer,
                 [Value::Bytes(buf), Value::Dtype(dtype), Value::Tuple(shape, _), Value::Str(order)],

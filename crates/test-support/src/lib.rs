@@ -129,3 +129,67 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
     let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
     (num.sqrt() / den.sqrt().max(1e-30)) as f32
 }
+
+/// A global allocator that counts the bytes allocated and not yet freed, for tests that bound
+/// memory: install it with `#[global_allocator] static A: CountingAlloc = CountingAlloc;` in a
+/// test binary (or fuzz target) of its own, and measure with [`peak_alloc_during`]. The counts
+/// are process-wide, so the measured code should be the only thing running.
+#[derive(Debug)]
+pub struct CountingAlloc;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn note_alloc(size: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let live = LIVE.fetch_add(size, Relaxed) + size;
+    PEAK.fetch_max(live, Relaxed);
+}
+
+// SAFETY: every call forwards to the system allocator with the caller's arguments; the counters
+// are plain atomics.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            note_alloc(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            note_alloc(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            note_alloc(new);
+        }
+        p
+    }
+}
+
+/// Runs `f` and returns its result with the peak of live heap bytes above the level at the
+/// start (meaningful only with [`CountingAlloc`] installed).
+pub fn peak_alloc_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let base = LIVE.load(Relaxed);
+    PEAK.store(base, Relaxed);
+    let out = f();
+    (out, PEAK.load(Relaxed).saturating_sub(base))
+}
