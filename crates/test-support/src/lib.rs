@@ -115,6 +115,36 @@ pub fn ffmpeg(args: &[&str]) {
     );
 }
 
+/// Writes `n` short 64x48 test videos (16 frames, distinct hues) into `dir` and a `path label`
+/// list of them with labels `i % classes`; returns the list's path. Videos already there are
+/// kept.
+pub fn tiny_videos(dir: &Path, name: &str, n: usize, classes: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut list = String::new();
+    for i in 0..n {
+        let path = dir.join(format!("{name}_{i:02}.avi"));
+        if !path.exists() {
+            ffmpeg(&[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=64x48:rate=10",
+                "-vf",
+                &format!("hue=h={}", i * 37),
+                "-frames:v",
+                "16",
+                "-c:v",
+                "mpeg4",
+                path.to_str().unwrap(),
+            ]);
+        }
+        list.push_str(&format!("{} {}\n", path.display(), i % classes));
+    }
+    let list_path = dir.join(format!("{name}.txt"));
+    std::fs::write(&list_path, list).unwrap();
+    list_path
+}
+
 /// Mean absolute difference between two equally long slices.
 pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");

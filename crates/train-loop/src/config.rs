@@ -146,6 +146,12 @@ pub struct TrainSection {
     /// Stop after this many iterations per epoch (for quick checks; 0 = the whole epoch).
     #[serde(default)]
     pub max_iters: usize,
+    /// Split every batch into this many equal parts, each with its own forward and backward
+    /// (so its own BatchNorm statistics), and step once on their mean gradient: what a
+    /// data-parallel job of this many ranks computes with `data.batch_size` as its global
+    /// batch, in one process (and gradient accumulation when memory is short).
+    #[serde(default = "one")]
+    pub micro_batches: usize,
 }
 
 /// `[optimizer]`: Paddle's `Momentum` with PP-TSM's per-parameter attributes.
@@ -328,6 +334,12 @@ impl TrainConfig {
         }
         if self.data.batch_size == 0 || self.data.valid_batch_size == Some(0) {
             return Err("data.batch_size must be at least 1".into());
+        }
+        if self.train.micro_batches == 0 || self.train.micro_batches > self.data.batch_size {
+            return Err(format!(
+                "train.micro_batches must lie in 1..=data.batch_size ({})",
+                self.data.batch_size
+            ));
         }
         if self.data.prefetch == 0 {
             return Err("data.prefetch must be at least 1".into());

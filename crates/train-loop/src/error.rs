@@ -96,6 +96,12 @@ pub enum Error {
         /// Iteration in the epoch (0-based).
         iter: usize,
     },
+    /// The process cannot join its data-parallel job (launcher variables, missing backend).
+    #[error("distributed launch: {msg}")]
+    Launch {
+        /// What is wrong.
+        msg: String,
+    },
     /// A tsm-model checkpoint operation failed.
     #[error(transparent)]
     Model(#[from] tsm_model::TsmError),

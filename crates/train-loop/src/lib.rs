@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod comm;
 mod config;
 mod error;
 pub mod loader;

@@ -144,12 +144,33 @@ pub struct EpochPlan {
     pub prefetch: usize,
     /// Failures tolerated, as a fraction of the epoch's samples.
     pub max_failed_fraction: f64,
+    /// This process's rank in a data-parallel job (0 alone).
+    pub rank: usize,
+    /// Ranks in the job (1 alone); each reads its own shard of every epoch.
+    pub world_size: usize,
+    /// Repeat samples from the list's head so that every rank gets as many (training, where
+    /// ranks step together); without it the last ranks may get one sample fewer (validation,
+    /// so that no sample counts twice).
+    pub pad: bool,
 }
 
 impl EpochPlan {
-    /// The sample indices of each batch, in order.
+    /// The sample indices of this rank's batches, in order.
+    ///
+    /// Paddle's `DistributedBatchSampler`: the list, padded with its own head to a multiple of
+    /// the world size (when `pad`), is shuffled; rank `r` takes the `r`-th block of
+    /// `batch_size` from every `world_size * batch_size` positions, and its share of the
+    /// remainder. Step `k`'s batches of all ranks together are batch `k` of a single process
+    /// with `world_size * batch_size` per batch. Alone, this is a plain shuffled batching.
     pub fn batches(&self, len: usize) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..len).collect();
+        let world = self.world_size.max(1);
+        let total = if self.pad {
+            len.div_ceil(world) * world
+        } else {
+            len
+        };
+        // Positions in the padded list: position p holds sample p % len.
+        let mut order: Vec<usize> = (0..total).collect();
         if self.shuffle {
             let shuffle = match self.stream {
                 Stream::PreciseBn => Stream::PreciseBn,
@@ -157,10 +178,22 @@ impl EpochPlan {
             };
             order.shuffle(&mut rng_for(self.seed, shuffle, self.epoch as u64, 0));
         }
-        let mut batches: Vec<Vec<usize>> = order
-            .chunks(self.batch_size.max(1))
+        let b = self.batch_size.max(1);
+        let full = total / (b * world) * (b * world);
+        let mut mine: Vec<usize> = (self.rank * b..full)
+            .step_by(b * world)
+            .flat_map(|start| order[start..start + b].iter().copied())
+            .collect();
+        // The remainder in `world` contiguous parts, the first ones a sample longer when the
+        // list is not padded.
+        let tail = &order[full..];
+        let (q, extra) = (tail.len() / world, tail.len() % world);
+        let lo = self.rank * q + self.rank.min(extra);
+        mine.extend_from_slice(&tail[lo..lo + q + usize::from(self.rank < extra)]);
+        let mut batches: Vec<Vec<usize>> = mine
+            .chunks(b)
             .filter(|c| !self.drop_last || c.len() == self.batch_size)
-            .map(<[usize]>::to_vec)
+            .map(|c| c.iter().map(|&p| p % len).collect())
             .collect();
         if self.max_batches > 0 {
             batches.truncate(self.max_batches);
@@ -182,6 +215,8 @@ pub struct Batch {
     pub views: usize,
     /// Labels of the samples that loaded.
     pub labels: Vec<u32>,
+    /// Their indices in the dataset.
+    pub indices: Vec<usize>,
     /// The mixup draw and the labels mixed in (`labels[perm[i]]`).
     pub mixup: Option<(MixupChoice, Vec<u32>)>,
     /// Samples that failed to load: `file (list line n): error`.
@@ -300,16 +335,17 @@ fn load_batch(
             .map(|&i| {
                 let e = &ds.entries[i];
                 let seed = derive_seed(plan.seed, plan.stream, epoch, i as u64);
-                (e, ds.clips.load_seeded(&e.location, ds.mode, seed))
+                (i, e, ds.clips.load_seeded(&e.location, ds.mode, seed))
             })
             .collect()
     });
     let mut data = Vec::new();
     let mut labels = Vec::new();
+    let mut loaded_indices = Vec::new();
     let mut failures = Vec::new();
     let mut shape: Option<[usize; 4]> = None;
     let mut views = 1;
-    for (entry, result) in loaded {
+    for (i, entry, result) in loaded {
         let clip = match result {
             Ok(c) => c,
             Err(e) => {
@@ -339,6 +375,7 @@ fn load_batch(
             data.extend_from_slice(&c.data);
         }
         labels.push(entry.label as u32);
+        loaded_indices.push(i);
     }
     let [t, c, h, w] = shape.unwrap_or([0; 4]);
     let mut batch = Batch {
@@ -347,6 +384,7 @@ fn load_batch(
         shape: [labels.len() * views, t, c, h, w],
         views,
         labels,
+        indices: loaded_indices,
         mixup: None,
         failures,
         load_time: Duration::ZERO,

@@ -22,11 +22,25 @@ pub fn smoothed_targets(labels: &[u32], num_classes: usize, eps: f64) -> Result<
 
 /// Mean over the batch of `-sum_k target * log_softmax(logits)`.
 pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(soft_cross_entropy_per_sample(logits, targets)?.mean_all()?)
+}
+
+/// `-sum_k target * log_softmax(logits)` of each sample, `[N]`.
+fn soft_cross_entropy_per_sample(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let targets = targets
         .to_device(logits.device())?
         .to_dtype(logits.dtype())?;
     let logp = log_softmax(logits, 1)?;
-    Ok((targets * logp)?.sum(1)?.neg()?.mean_all()?)
+    Ok((targets * logp)?.sum(1)?.neg()?)
+}
+
+/// Plain cross entropy of each sample (validation, where samples are summed across ranks).
+pub fn cross_entropy_per_sample(logits: &Tensor, labels: &[u32]) -> Result<Vec<f32>> {
+    let k = logits.dim(1)?;
+    let targets = smoothed_targets(labels, k, 0.0)?;
+    Ok(soft_cross_entropy_per_sample(logits, &targets)?
+        .to_dtype(DType::F32)?
+        .to_vec1()?)
 }
 
 /// Cross entropy with hard labels (label smoothing `eps`; 0 for plain cross entropy).
@@ -63,24 +77,29 @@ pub fn distill_loss(student: &Tensor, teacher: &Tensor, temperature: f64) -> Res
 /// Fractions of samples whose label is among the `k` highest logits, for each `k` in `ks`
 /// (Paddle's `paddle.metric.accuracy`: ties ranked by position).
 pub fn topk_accuracy(logits: &Tensor, labels: &[u32], ks: &[usize]) -> Result<Vec<f64>> {
-    let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    let mut hits = vec![0usize; ks.len()];
-    for (row, &l) in rows.iter().zip(labels) {
-        let target = row[l as usize];
-        // Rank = number of classes scoring above the label's, or equal and before it.
-        let rank = row
-            .iter()
-            .enumerate()
-            .filter(|&(j, &v)| v > target || (v == target && j < l as usize))
-            .count();
-        for (h, &k) in hits.iter_mut().zip(ks) {
-            if rank < k {
-                *h += 1;
-            }
-        }
-    }
+    let ranks = label_ranks(logits, labels)?;
     let n = labels.len().max(1) as f64;
-    Ok(hits.into_iter().map(|h| h as f64 / n).collect())
+    Ok(ks
+        .iter()
+        .map(|&k| ranks.iter().filter(|&&r| r < k).count() as f64 / n)
+        .collect())
+}
+
+/// Each sample's label rank among its logits (0 = top-1): the number of classes scoring above
+/// the label's, or equal and before it.
+pub fn label_ranks(logits: &Tensor, labels: &[u32]) -> Result<Vec<usize>> {
+    let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    Ok(rows
+        .iter()
+        .zip(labels)
+        .map(|(row, &l)| {
+            let target = row[l as usize];
+            row.iter()
+                .enumerate()
+                .filter(|&(j, &v)| v > target || (v == target && j < l as usize))
+                .count()
+        })
+        .collect())
 }
 
 /// Averages the logits of `views` consecutive clips per sample: `[N * views, K]` -> `[N, K]`.

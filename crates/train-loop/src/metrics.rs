@@ -133,11 +133,12 @@ impl EpochMeters {
     }
 }
 
-/// Writes log lines to stdout and records to `metrics.jsonl`.
+/// Writes log lines to stdout and records to `metrics.jsonl`; in a data-parallel job only
+/// rank 0 does, the other ranks print their own warnings only.
 #[derive(Debug)]
 pub struct Reporter {
-    path: PathBuf,
-    jsonl: File,
+    jsonl: Option<(PathBuf, File)>,
+    warn_prefix: String,
 }
 
 impl Reporter {
@@ -167,20 +168,32 @@ impl Reporter {
             .append(true)
             .open(&path)
             .map_err(io(&path))?;
-        Ok(Self { path, jsonl })
+        Ok(Self {
+            jsonl: Some((path, jsonl)),
+            warn_prefix: String::new(),
+        })
+    }
+
+    /// The reporter of a rank other than 0: no output but its warnings, which name the rank.
+    pub fn silent(rank: usize) -> Self {
+        Self {
+            jsonl: None,
+            warn_prefix: format!("rank {rank}: "),
+        }
     }
 
     fn record(&mut self, value: &impl Serialize) -> Result<()> {
+        let Some((path, file)) = &mut self.jsonl else {
+            return Ok(());
+        };
         let mut line = serde_json::to_string(value).unwrap_or_default();
         line.push('\n');
-        self.jsonl
-            .write_all(line.as_bytes())
-            .map_err(io(&self.path))
+        file.write_all(line.as_bytes()).map_err(io(path))
     }
 
     /// A step: recorded always, printed when `print`.
     pub fn step(&mut self, r: &StepRecord, epochs: usize, print: bool) -> Result<()> {
-        if print {
+        if print && self.jsonl.is_some() {
             println!(
                 "epoch:[{:>3}/{epochs}] train step:{:<5} loss: {:.5} lr: {:.6} top1: {:.5} \
                  top5: {:.5} batch_cost: {:.5} sec, reader_cost: {:.5} sec, ips: {:.5} instance/sec.",
@@ -192,6 +205,9 @@ impl Reporter {
 
     /// An epoch or validation summary, printed and recorded.
     pub fn epoch(&mut self, r: &EpochRecord) -> Result<()> {
+        if self.jsonl.is_none() {
+            return Ok(());
+        }
         println!(
             "END epoch:{:<3} {:<5} loss_avg: {:.5} top1_avg: {:.5} top5_avg: {:.5} \
              avg_batch_cost: {:.5} sec, avg_reader_cost: {:.5} sec, avg_ips: {:.5} instance/sec, \
@@ -212,11 +228,13 @@ impl Reporter {
 
     /// A message line (stdout).
     pub fn info(&self, msg: &str) {
-        println!("{msg}");
+        if self.jsonl.is_some() {
+            println!("{msg}");
+        }
     }
 
     /// A warning line (stderr), e.g. a sample that failed to load.
     pub fn warn(&self, msg: &str) {
-        eprintln!("warning: {msg}");
+        eprintln!("warning: {}{msg}", self.warn_prefix);
     }
 }

@@ -82,9 +82,20 @@ impl Momentum {
 
     /// One update with learning rate `lr`. A parameter without gradient is left alone.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        let grads: Vec<Option<Tensor>> = self
+            .params
+            .iter()
+            .map(|p| grads.get(p.var.as_tensor()).cloned())
+            .collect();
+        self.step_with(&grads, lr)
+    }
+
+    /// One update from gradients given in [`Momentum::params`] order (`None`: the parameter
+    /// is left alone).
+    pub fn step_with(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         let mu = self.momentum;
-        for p in &mut self.params {
-            let Some(grad) = grads.get(p.var.as_tensor()) else {
+        for (p, grad) in self.params.iter_mut().zip(grads) {
+            let Some(grad) = grad else {
                 continue;
             };
             let w = p.var.as_tensor();

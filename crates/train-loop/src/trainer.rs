@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,10 +16,13 @@ use tsm_model::{read_checkpoint, Tsm, BN_MOMENTUM};
 use video_io::SampleMode;
 
 use crate::checkpoint::{self, epoch_stem, TrainState};
+use crate::comm::{all_reduce_sum_f64, all_reduce_sum_tensors, Communicator, SingleProcess};
 use crate::config::TrainConfig;
 use crate::error::{io, Error, Result};
-use crate::loader::{rng_for, BatchStream, Dataset, EpochPlan, Stream};
-use crate::loss::{average_views, cross_entropy, distill_loss, topk_accuracy, train_loss};
+use crate::loader::{rng_for, Batch, BatchStream, Dataset, EpochPlan, Stream};
+use crate::loss::{
+    average_views, cross_entropy_per_sample, distill_loss, label_ranks, topk_accuracy, train_loss,
+};
 use crate::metrics::{EpochMeters, EpochRecord, Reporter, StepRecord};
 use crate::optim::{Momentum, WarmupCosine};
 
@@ -56,6 +60,7 @@ pub struct Trainer {
     iters_per_epoch: usize,
     out: PathBuf,
     reporter: Reporter,
+    comm: Rc<dyn Communicator>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -66,6 +71,7 @@ impl std::fmt::Debug for Trainer {
             .field("state", &self.state)
             .field("iters_per_epoch", &self.iters_per_epoch)
             .field("out", &self.out)
+            .field("comm", &self.comm)
             .finish_non_exhaustive()
     }
 }
@@ -73,7 +79,20 @@ impl std::fmt::Debug for Trainer {
 impl Trainer {
     /// Reads the data lists, builds the model (seeded initialisation, then `model.pretrained`
     /// if set) and, with `resume`, restores the newest complete checkpoint of the run directory.
-    pub fn new(mut cfg: TrainConfig, resume: bool) -> Result<Self> {
+    pub fn new(cfg: TrainConfig, resume: bool) -> Result<Self> {
+        Self::with_communicator(cfg, resume, Rc::new(SingleProcess))
+    }
+
+    /// [`Trainer::new`] as one rank of a data-parallel job: this rank trains on its shard of
+    /// every epoch (`data.batch_size` per rank), gradients are averaged over the ranks before
+    /// each step, BatchNorm statistics stay per rank (precise BN averages them over all ranks),
+    /// and only rank 0 writes the run directory. Every rank reads the checkpoint it resumes
+    /// from, so the run directory must be on a file system all of them see.
+    pub fn with_communicator(
+        mut cfg: TrainConfig,
+        resume: bool,
+        comm: Rc<dyn Communicator>,
+    ) -> Result<Self> {
         cfg.validate().map_err(|msg| Error::Config {
             path: PathBuf::from("<config>"),
             msg,
@@ -101,7 +120,7 @@ impl Trainer {
             )?)),
             None => None,
         };
-        let iters_per_epoch = train_plan(&cfg, 0).batches(train.len()).len();
+        let iters_per_epoch = train_plan(&cfg, 0, &*comm).batches(train.len()).len();
         if iters_per_epoch == 0 {
             return Err(Error::EmptyEpoch {
                 path: d.train_list.clone(),
@@ -123,7 +142,10 @@ impl Trainer {
             })?;
 
         let out = cfg.output.dir.clone();
-        std::fs::create_dir_all(&out).map_err(io(&out))?;
+        let main = comm.rank() == 0;
+        if main {
+            std::fs::create_dir_all(&out).map_err(io(&out))?;
+        }
         let tsm_cfg = cfg.model.tsm();
         let varmap = VarMap::new();
         let model = Tsm::new(
@@ -194,11 +216,24 @@ impl Trainer {
             path: PathBuf::from("<config>"),
             msg: e.to_string(),
         })?;
-        let config_path = out.join("config.toml");
-        std::fs::write(&config_path, cfg.to_toml()?).map_err(io(&config_path))?;
-        let reporter = Reporter::open(&out, resume.then_some(state.global_step))?;
+        let reporter = if main {
+            let config_path = out.join("config.toml");
+            std::fs::write(&config_path, cfg.to_toml()?).map_err(io(&config_path))?;
+            Reporter::open(&out, resume.then_some(state.global_step))?
+        } else {
+            Reporter::silent(comm.rank())
+        };
         for n in &notes {
             reporter.info(n);
+        }
+        if comm.world_size() > 1 {
+            reporter.info(&format!(
+                "data parallel over {}: {} ranks, {} samples per rank and step ({} in all)",
+                comm.backend(),
+                comm.world_size(),
+                cfg.data.batch_size,
+                cfg.data.batch_size * comm.world_size()
+            ));
         }
         reporter.info(&format!(
             "train: {} samples, {} iterations per epoch; valid: {} samples; {} loader threads",
@@ -223,6 +258,7 @@ impl Trainer {
             iters_per_epoch,
             out,
             reporter,
+            comm,
         })
     }
 
@@ -239,6 +275,11 @@ impl Trainer {
     /// Iterations per training epoch.
     pub fn iters_per_epoch(&self) -> usize {
         self.iters_per_epoch
+    }
+
+    /// The data-parallel communicator (a single process unless set up otherwise).
+    pub fn communicator(&self) -> &dyn Communicator {
+        &*self.comm
     }
 
     /// Trains the remaining epochs: each one trains, runs precise BN and validation when due,
@@ -276,7 +317,7 @@ impl Trainer {
                 ));
             }
             // Keep every save_interval-th epoch and the newest; drop the previous newest.
-            if epoch > 0 && epoch % self.cfg.train.save_interval != 0 {
+            if self.comm.rank() == 0 && epoch > 0 && epoch % self.cfg.train.save_interval != 0 {
                 checkpoint::remove(&self.out, &epoch_stem(epoch))?;
             }
         }
@@ -290,7 +331,11 @@ impl Trainer {
         })
     }
 
+    /// Writes checkpoint `stem` (rank 0 only: the ranks hold the same weights).
     fn save(&self, stem: &str) -> Result<()> {
+        if self.comm.rank() != 0 {
+            return Ok(());
+        }
         checkpoint::save(
             &self.out,
             stem,
@@ -303,14 +348,24 @@ impl Trainer {
     }
 
     /// Training-mode logits with dropout masks drawn from `(seed, epoch, batch)`: candle's own
-    /// dropout uses an unseedable generator, which would make runs unrepeatable.
-    fn forward_train(&self, x: &Tensor, epoch: usize, batch: usize) -> Result<Tensor> {
+    /// dropout uses an unseedable generator, which would make runs unrepeatable. The masks are
+    /// rows `first_row..` of the step's mask over all ranks' samples, so that a rank or a
+    /// micro-batch masks its samples as a single process with the whole batch would.
+    fn forward_train(
+        &self,
+        x: &Tensor,
+        epoch: usize,
+        batch: usize,
+        first_row: usize,
+    ) -> Result<Tensor> {
         let maps = self.model.feature_maps_t(x, true)?;
         let mut feats = maps.mean((2, 3))?;
         let (nt, c) = feats.dims2()?;
         let p = self.model.config().dropout;
         if p > 0.0 {
             let mut rng = rng_for(self.state.seed, Stream::Dropout, epoch as u64, batch as u64);
+            // One f64 draw takes two 32-bit words of the ChaCha stream.
+            rng.set_word_pos(2 * (first_row * c) as u128);
             let keep = (1.0 / (1.0 - p)) as f32;
             let mask: Vec<f32> = (0..nt * c)
                 .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
@@ -330,11 +385,10 @@ impl Trainer {
     pub fn train_epoch(&mut self, epoch: usize) -> Result<EpochRecord> {
         let stream = BatchStream::start(
             self.train.clone(),
-            train_plan(&self.cfg, epoch),
+            train_plan(&self.cfg, epoch, &*self.comm),
             self.pool.clone(),
         );
         let epochs = self.cfg.train.epochs;
-        let eps = self.cfg.train.label_smoothing;
         let mut meters = EpochMeters::default();
         let (mut samples, mut failed) = (0, 0);
         let mut tic = Instant::now();
@@ -344,66 +398,59 @@ impl Trainer {
             for f in &batch.failures {
                 self.reporter.warn(&format!("skipped sample: {f}"));
             }
-            failed += batch.failures.len();
             let lr = self.schedule.lr();
-            if !batch.is_empty() {
-                let n = batch.len();
-                let x = Tensor::from_vec(batch.data, batch.shape.to_vec(), &self.device)?;
-                let logits = self.forward_train(&x, epoch, batch.index)?;
-                let mix = batch
-                    .mixup
-                    .as_ref()
-                    .map(|(c, labels)| (labels.as_slice(), c.lam));
-                let mut loss = train_loss(&logits, &batch.labels, mix, eps)?;
-                if let (Some(t), Some(dc)) = (&self.teacher, &self.cfg.distill) {
-                    let soft = distill_loss(&logits, &t.forward(&x)?, dc.temperature)?;
-                    loss = ((loss * (1.0 - dc.weight))? + (soft * dc.weight)?)?;
-                }
-                let loss_v = loss.to_scalar::<f32>()?;
-                if !loss_v.is_finite() {
+            let (index, local_n, local_failed) = (batch.index, batch.len(), batch.failures.len());
+            let (grads, local) = self.gradients(batch, epoch)?;
+            // Sums over the ranks: loss, top-1 and top-5 (times samples), samples, failures,
+            // forward/backward passes.
+            let [loss_sum, top1_sum, top5_sum, n, batch_failed, parts] = all_reduce_sum_f64(
+                &*self.comm,
+                &[
+                    local.loss,
+                    local.top1,
+                    local.top5,
+                    local_n as f64,
+                    local_failed as f64,
+                    local.parts as f64,
+                ],
+            )?[..] else {
+                unreachable!("all_reduce_sum_f64 keeps the length")
+            };
+            failed += batch_failed as usize;
+            if n > 0.0 {
+                let loss = loss_sum / n;
+                if !loss.is_finite() {
                     return Err(Error::NonFiniteLoss {
-                        loss: loss_v,
+                        loss: loss as f32,
                         epoch: epoch + 1,
-                        iter: batch.index,
+                        iter: index,
                     });
                 }
-                let grads = loss.backward()?;
-                self.optimizer.step(&grads, lr)?;
+                let grads = self.average_gradients(grads, parts as usize)?;
+                self.optimizer.step_with(&grads, lr)?;
                 self.state.global_step += 1;
-                let acc = topk_accuracy(&logits, &batch.labels, &[1, 5])?;
-                let (top1, top5) = match &batch.mixup {
-                    Some((c, labels)) => {
-                        let b = topk_accuracy(&logits, labels, &[1, 5])?;
-                        let lam = f64::from(c.lam);
-                        (
-                            lam * acc[0] + (1.0 - lam) * b[0],
-                            lam * acc[1] + (1.0 - lam) * b[1],
-                        )
-                    }
-                    None => (acc[0], acc[1]),
-                };
+                let (top1, top5) = (top1_sum / n, top5_sum / n);
                 let batch_time = tic.elapsed().as_secs_f64();
-                let w = n as f64;
-                meters.loss.add(f64::from(loss_v), w);
-                meters.top1.add(top1, w);
-                meters.top5.add(top5, w);
+                meters.loss.add(loss, n);
+                meters.top1.add(top1, n);
+                meters.top5.add(top5, n);
                 meters.batch.add(batch_time, 1.0);
                 meters.reader.add(reader_time, 1.0);
-                samples += n;
+                samples += n as usize;
                 let rec = StepRecord {
                     kind: "step",
                     epoch: epoch + 1,
-                    iter: batch.index,
+                    iter: index,
                     global_step: self.state.global_step,
-                    loss: f64::from(loss_v),
+                    loss,
                     lr,
                     top1,
                     top5,
                     batch_time,
                     reader_time,
-                    ips: w / batch_time.max(1e-9),
+                    ips: n / batch_time.max(1e-9),
                 };
-                let print = batch.index % self.cfg.train.log_interval == 0;
+                let print = index % self.cfg.train.log_interval == 0;
                 self.reporter.step(&rec, epochs, print)?;
             }
             if self.cfg.lr.iter_step {
@@ -419,8 +466,91 @@ impl Trainer {
         Ok(rec)
     }
 
+    /// This rank's gradients of `batch` (summed over its `train.micro_batches` parts, in
+    /// [`Momentum::params`] order) and its sums of loss, top-1 and top-5 over the samples.
+    fn gradients(&self, batch: Batch, epoch: usize) -> Result<(Vec<Option<Tensor>>, LocalSums)> {
+        let params = self.optimizer.params();
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let mut sums = LocalSums::default();
+        let n = batch.len();
+        if n == 0 {
+            return Ok((grads, sums));
+        }
+        let eps = self.cfg.train.label_smoothing;
+        let x = Tensor::from_vec(batch.data, batch.shape.to_vec(), &self.device)?;
+        let views = batch.views;
+        let rows_per_sample = views * self.model.config().num_seg;
+        let k = self.cfg.train.micro_batches.min(n);
+        sums.parts = k;
+        for part in 0..k {
+            let (lo, hi) = (part * n / k, (part + 1) * n / k);
+            let xs = x.narrow(0, lo * views, (hi - lo) * views)?;
+            let labels = &batch.labels[lo..hi];
+            let first_row = (self.comm.rank() * self.cfg.data.batch_size + lo) * rows_per_sample;
+            let logits = self.forward_train(&xs, epoch, batch.index, first_row)?;
+            let mix = batch
+                .mixup
+                .as_ref()
+                .map(|(c, mixed)| (&mixed[lo..hi], c.lam));
+            let mut loss = train_loss(&logits, labels, mix, eps)?;
+            if let (Some(t), Some(dc)) = (&self.teacher, &self.cfg.distill) {
+                let soft = distill_loss(&logits, &t.forward(&xs)?, dc.temperature)?;
+                loss = ((loss * (1.0 - dc.weight))? + (soft * dc.weight)?)?;
+            }
+            let w = (hi - lo) as f64;
+            sums.loss += f64::from(loss.to_scalar::<f32>()?) * w;
+            let acc = topk_accuracy(&logits, labels, &[1, 5])?;
+            let (top1, top5) = match mix {
+                Some((mixed, lam)) => {
+                    let b = topk_accuracy(&logits, mixed, &[1, 5])?;
+                    let lam = f64::from(lam);
+                    (
+                        lam * acc[0] + (1.0 - lam) * b[0],
+                        lam * acc[1] + (1.0 - lam) * b[1],
+                    )
+                }
+                None => (acc[0], acc[1]),
+            };
+            sums.top1 += top1 * w;
+            sums.top5 += top5 * w;
+            let store = loss.backward()?;
+            for (g, p) in grads.iter_mut().zip(params) {
+                if let Some(new) = store.get(p.var.as_tensor()) {
+                    *g = Some(match g.take() {
+                        Some(acc) => (acc + new)?,
+                        None => new.clone(),
+                    });
+                }
+            }
+        }
+        Ok((grads, sums))
+    }
+
+    /// The mean gradient over the `parts` forward/backward passes of all ranks. Alone and
+    /// in one pass, the gradients as they are. Otherwise every parameter gets one (zero where
+    /// this rank had none, e.g. after an empty batch), so that all ranks sum the same buckets.
+    fn average_gradients(
+        &self,
+        grads: Vec<Option<Tensor>>,
+        parts: usize,
+    ) -> Result<Vec<Option<Tensor>>> {
+        if parts == 1 && self.comm.world_size() == 1 {
+            return Ok(grads);
+        }
+        let full: Vec<Tensor> = grads
+            .into_iter()
+            .zip(self.optimizer.params())
+            .map(|(g, p)| g.map_or_else(|| p.var.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        all_reduce_sum_tensors(&*self.comm, &full)?
+            .into_iter()
+            .map(|t| Ok(Some((t / parts as f64)?)))
+            .collect()
+    }
+
     /// Validation after epoch `epoch` (0-based): eval mode, plain cross entropy, top-1/top-5
-    /// over every sample (multi-view logits averaged).
+    /// over every sample (multi-view logits averaged). Ranks validate disjoint shards and sum
+    /// per-sample results by sample index, so the numbers equal a single process's exactly.
     pub fn validate(&mut self, epoch: usize) -> Result<EpochRecord> {
         let Some(valid) = self.valid.clone() else {
             return Err(Error::Config {
@@ -443,9 +573,14 @@ impl Trainer {
             max_batches: 0,
             prefetch: self.cfg.data.prefetch,
             max_failed_fraction: self.cfg.data.max_failed_fraction,
+            rank: self.comm.rank(),
+            world_size: self.comm.world_size(),
+            pad: false,
         };
+        // Per sample: loaded (0/1), loss, top-1 hit, top-5 hit; then failures.
+        let len = valid.len();
+        let mut slots = vec![0f64; 4 * len + 1];
         let mut meters = EpochMeters::default();
-        let (mut samples, mut failed) = (0, 0);
         let mut tic = Instant::now();
         for item in BatchStream::start(valid, plan, self.pool.clone()) {
             let batch = item?;
@@ -453,22 +588,36 @@ impl Trainer {
             for f in &batch.failures {
                 self.reporter.warn(&format!("skipped sample: {f}"));
             }
-            failed += batch.failures.len();
+            slots[4 * len] += batch.failures.len() as f64;
             if !batch.is_empty() {
                 let x = Tensor::from_vec(batch.data, batch.shape.to_vec(), &self.device)?;
                 let logits = average_views(&self.model.forward(&x)?, batch.views)?;
-                let loss = cross_entropy(&logits, &batch.labels, 0.0)?.to_scalar::<f32>()?;
-                let acc = topk_accuracy(&logits, &batch.labels, &[1, 5])?;
-                let w = batch.labels.len() as f64;
-                meters.loss.add(f64::from(loss), w);
-                meters.top1.add(acc[0], w);
-                meters.top5.add(acc[1], w);
-                samples += batch.labels.len();
+                let losses = cross_entropy_per_sample(&logits, &batch.labels)?;
+                let ranks = label_ranks(&logits, &batch.labels)?;
+                for ((&i, loss), rank) in batch.indices.iter().zip(losses).zip(ranks) {
+                    let s = &mut slots[4 * i..4 * i + 4];
+                    s.copy_from_slice(&[
+                        1.0,
+                        f64::from(loss),
+                        f64::from(u8::from(rank < 1)),
+                        f64::from(u8::from(rank < 5)),
+                    ]);
+                }
                 meters.batch.add(tic.elapsed().as_secs_f64(), 1.0);
                 meters.reader.add(reader_time, 1.0);
             }
             tic = Instant::now();
         }
+        // Each slot is written by one rank only, and x + 0 = x: the sums are exact.
+        let slots = all_reduce_sum_f64(&*self.comm, &slots)?;
+        let mut samples = 0;
+        for s in slots[..4 * len].chunks_exact(4).filter(|s| s[0] > 0.0) {
+            meters.loss.add(s[1], 1.0);
+            meters.top1.add(s[2], 1.0);
+            meters.top5.add(s[3], 1.0);
+            samples += 1;
+        }
+        let failed = slots[4 * len] as usize;
         let rec = meters.record("val", epoch + 1, self.state.global_step, samples, failed);
         self.reporter.epoch(&rec)?;
         Ok(rec)
@@ -476,7 +625,8 @@ impl Trainer {
 
     /// Precise BN after epoch `epoch`: with the weights fixed, the running statistics become
     /// the plain average of `precise_bn.num_iters` training batches' statistics (PaddleVideo's
-    /// `do_preciseBN`).
+    /// `do_preciseBN`). Statistics are taken per micro-batch and per rank, as in training, and
+    /// averaged over all of them.
     pub fn precise_bn(&mut self, epoch: usize) -> Result<()> {
         let stats: Vec<candle_core::Var> = {
             let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
@@ -488,7 +638,7 @@ impl Trainer {
             named.sort_by(|a, b| a.0.cmp(&b.0));
             named.into_iter().map(|(_, v)| v).collect()
         };
-        let mut plan = train_plan(&self.cfg, epoch);
+        let mut plan = train_plan(&self.cfg, epoch, &*self.comm);
         plan.stream = Stream::PreciseBn;
         plan.max_batches = self.cfg.precise_bn.num_iters.min(self.iters_per_epoch);
         let mut avg: Vec<Tensor> = stats
@@ -501,17 +651,40 @@ impl Trainer {
             if batch.is_empty() {
                 continue;
             }
-            // From zero, one update leaves (1 - momentum) * batch statistic in each.
-            for v in &stats {
-                v.set(&v.as_tensor().zeros_like()?)?;
-            }
+            let len = batch.len();
             let x = Tensor::from_vec(batch.data, batch.shape.to_vec(), &self.device)?;
-            self.model.feature_maps_t(&x, true)?;
-            n += 1;
-            for (a, v) in avg.iter_mut().zip(&stats) {
-                let batch_stat = (v.as_tensor() / (1.0 - BN_MOMENTUM))?;
-                *a = (&*a + ((batch_stat - &*a)? / n as f64)?)?;
+            let k = self.cfg.train.micro_batches.min(len);
+            for part in 0..k {
+                let (lo, hi) = (part * len / k, (part + 1) * len / k);
+                // From zero, one update leaves (1 - momentum) * batch statistic in each.
+                for v in &stats {
+                    v.set(&v.as_tensor().zeros_like()?)?;
+                }
+                let xs = x.narrow(0, lo * batch.views, (hi - lo) * batch.views)?;
+                self.model.feature_maps_t(&xs, true)?;
+                n += 1;
+                for (a, v) in avg.iter_mut().zip(&stats) {
+                    let batch_stat = (v.as_tensor() / (1.0 - BN_MOMENTUM))?;
+                    *a = (&*a + ((batch_stat - &*a)? / n as f64)?)?;
+                }
             }
+        }
+        if self.comm.world_size() > 1 {
+            // The mean over all ranks' batches: sum the sums, divide by the count.
+            let mut sums: Vec<Tensor> = avg
+                .iter()
+                .map(|a| a * n as f64)
+                .collect::<candle_core::Result<_>>()?;
+            sums.push(Tensor::new(&[n as f32], &self.device)?);
+            let mut summed = all_reduce_sum_tensors(&*self.comm, &sums)?;
+            let total = summed
+                .pop()
+                .map_or(Ok(0.0), |t| t.to_vec1::<f32>().map(|v| v[0]))?;
+            n = total as usize;
+            avg = summed
+                .iter()
+                .map(|s| s / f64::from(total.max(1.0)))
+                .collect::<candle_core::Result<_>>()?;
         }
         for (a, v) in avg.iter().zip(&stats) {
             v.set(a)?;
@@ -522,8 +695,17 @@ impl Trainer {
     }
 }
 
-/// The training plan of `epoch`.
-fn train_plan(cfg: &TrainConfig, epoch: usize) -> EpochPlan {
+/// This rank's sums over a batch's samples, and its forward/backward passes.
+#[derive(Debug, Default)]
+struct LocalSums {
+    loss: f64,
+    top1: f64,
+    top5: f64,
+    parts: usize,
+}
+
+/// This rank's training plan of `epoch`.
+fn train_plan(cfg: &TrainConfig, epoch: usize, comm: &dyn Communicator) -> EpochPlan {
     EpochPlan {
         seed: cfg.train.seed,
         stream: Stream::Sample,
@@ -535,6 +717,9 @@ fn train_plan(cfg: &TrainConfig, epoch: usize) -> EpochPlan {
         max_batches: cfg.train.max_iters,
         prefetch: cfg.data.prefetch,
         max_failed_fraction: cfg.data.max_failed_fraction,
+        rank: comm.rank(),
+        world_size: comm.world_size(),
+        pad: true,
     }
 }
 

@@ -92,3 +92,58 @@ fn file_errors_name_the_key() {
         .to_string();
     assert!(e.contains("my.toml") && e.contains("bogus"), "{e}");
 }
+
+/// Rank, world size and local rank come from the launcher's variables: Open MPI's first, then
+/// Slurm's (`srun` step), then torchrun's; bad values name the variable.
+#[test]
+fn launch_from_each_launchers_environment() {
+    use std::collections::HashMap;
+    use train_loop::comm::Launch;
+    let launch = |vars: &[(&str, &str)]| {
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Launch::from_vars(|k| env.get(k).cloned())
+    };
+    let l = launch(&[]).unwrap();
+    assert_eq!((l.rank, l.world_size, l.launcher), (0, 1, "none"));
+    let l = launch(&[
+        ("OMPI_COMM_WORLD_RANK", "3"),
+        ("OMPI_COMM_WORLD_SIZE", "4"),
+        ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+        ("SLURM_PROCID", "0"),
+        ("SLURM_STEP_NUM_TASKS", "1"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (l.rank, l.world_size, l.local_rank, l.launcher),
+        (3, 4, 1, "Open MPI")
+    );
+    // A batch script has SLURM_NTASKS but no step: one process.
+    let l = launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "64")]).unwrap();
+    assert_eq!(l.world_size, 1);
+    let l = launch(&[
+        ("SLURM_PROCID", "9"),
+        ("SLURM_STEP_NUM_TASKS", "64"),
+        ("SLURM_LOCALID", "1"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (l.rank, l.world_size, l.local_rank, l.launcher),
+        (9, 64, 1, "Slurm")
+    );
+    let l = launch(&[("RANK", "1"), ("WORLD_SIZE", "2")]).unwrap();
+    assert_eq!(
+        (l.rank, l.world_size, l.local_rank, l.launcher),
+        (1, 2, 1, "torchrun")
+    );
+    let e = launch(&[("RANK", "x"), ("WORLD_SIZE", "2")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("RANK=\"x\""), "{e}");
+    let e = launch(&[("RANK", "2"), ("WORLD_SIZE", "2")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("RANK=2") && e.contains("WORLD_SIZE=2"), "{e}");
+}

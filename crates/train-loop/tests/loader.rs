@@ -22,6 +22,9 @@ fn plan(batch_size: usize, max_failed_fraction: f64) -> EpochPlan {
         max_batches: 0,
         prefetch: 2,
         max_failed_fraction,
+        rank: 0,
+        world_size: 1,
+        pad: true,
     }
 }
 
@@ -80,6 +83,75 @@ fn plans_shuffle_per_epoch_and_drop_the_last_batch() {
         ..p
     };
     assert_eq!(keep.batches(10).last().unwrap(), &vec![9]);
+}
+
+/// Each rank's batches are what Paddle's `DistributedBatchSampler` gives that rank (list order:
+/// the shuffle's generator is numpy's there, ours here).
+#[test]
+fn shards_match_paddles_distributed_batch_sampler() {
+    let cases = test_support::read_json(
+        &test_support::reference_dir("paddle_sampler").join("batches.json"),
+    );
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() > 100);
+    for c in cases {
+        let get = |k: &str| c[k].as_u64().unwrap() as usize;
+        let p = EpochPlan {
+            shuffle: false,
+            batch_size: get("batch_size"),
+            drop_last: c["drop_last"].as_bool().unwrap(),
+            rank: get("rank"),
+            world_size: get("world_size"),
+            ..plan(1, 0.0)
+        };
+        let want: Vec<Vec<usize>> = serde_json::from_value(c["batches"].clone()).unwrap();
+        assert_eq!(p.batches(get("len")), want, "case {c}");
+    }
+}
+
+/// Shuffled, the ranks' batches of step k together are a single process's batch k with the
+/// whole step's samples (when the list needs no padding): what lets a one-process run
+/// reproduce a data-parallel one. Unpadded (validation), the ranks cover every sample once.
+#[test]
+fn ranks_together_see_the_single_process_batches() {
+    let (world, b, len) = (3, 2, 21);
+    let single = EpochPlan {
+        batch_size: world * b,
+        ..plan(1, 0.0)
+    }
+    .batches(len);
+    let ranks: Vec<Vec<Vec<usize>>> = (0..world)
+        .map(|rank| {
+            EpochPlan {
+                batch_size: b,
+                rank,
+                world_size: world,
+                ..plan(1, 0.0)
+            }
+            .batches(len)
+        })
+        .collect();
+    assert_eq!(single.len(), 3);
+    for (k, batch) in single.iter().enumerate() {
+        let together: Vec<usize> = ranks.iter().flat_map(|r| r[k].clone()).collect();
+        assert_eq!(&together, batch, "step {k}");
+    }
+    let mut seen: Vec<usize> = (0..world)
+        .flat_map(|rank| {
+            EpochPlan {
+                batch_size: b,
+                rank,
+                world_size: world,
+                pad: false,
+                drop_last: false,
+                ..plan(1, 0.0)
+            }
+            .batches(len - 1)
+            .concat()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..len - 1).collect::<Vec<_>>());
 }
 
 #[test]

@@ -1,37 +1,9 @@
 //! Tiny generated data sets and configs for the training tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::fmt::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Writes `n` short 64x48 test videos (distinct hues) into `dir` and a `path label` list of
-/// them with labels `i % classes`; returns the list's path.
-pub fn tiny_videos(dir: &Path, name: &str, n: usize, classes: usize) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut list = String::new();
-    for i in 0..n {
-        let path = dir.join(format!("{name}_{i:02}.avi"));
-        if !path.exists() {
-            test_support::ffmpeg(&[
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=64x48:rate=10",
-                "-vf",
-                &format!("hue=h={}", i * 37),
-                "-frames:v",
-                "16",
-                "-c:v",
-                "mpeg4",
-                path.to_str().unwrap(),
-            ]);
-        }
-        writeln!(list, "{} {}", path.display(), i % classes).unwrap();
-    }
-    let list_path = dir.join(format!("{name}.txt"));
-    std::fs::write(&list_path, list).unwrap();
-    list_path
-}
+pub use test_support::tiny_videos;
 
 /// A small R18 run on 32x32 clips of 4 frames: the whole recipe (mixup, label smoothing,
 /// dropout, warmup-cosine, precise BN, validation) in seconds.
