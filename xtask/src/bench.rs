@@ -1,4 +1,5 @@
 //! `cargo xtask bench pipeline`: the data path, ours against the baselines, in one run.
+//! `cargo xtask bench scale`: training samples/s of one process against two MPI ranks.
 //!
 //! Generates two corpora with the ffmpeg CLI (cached under `target/bench/corpus`), then times
 //! each method in its own process so that peak RSS is per method: the ffmpeg CLI decoding every
@@ -183,20 +184,22 @@ fn parse_measurement(stdout: &str) -> Result<Measurement> {
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .context("bench process printed no result line")?;
-    let field = |k: &str| -> Result<f64> {
-        let at = line
-            .find(&format!("\"{k}\""))
-            .with_context(|| format!("no {k} in {line}"))?;
-        let rest = &line[at + k.len() + 2..];
-        let rest = rest.trim_start_matches([':', ' ']);
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        Ok(rest[..end].trim().parse()?)
-    };
     Ok(Measurement {
-        clips: field("clips")?,
-        seconds: field("seconds")?,
-        peak_rss_mb: field("peak_rss_mb")?,
+        clips: json_number(line, "clips")?,
+        seconds: json_number(line, "seconds")?,
+        peak_rss_mb: json_number(line, "peak_rss_mb")?,
     })
+}
+
+/// The number under key `k` of a flat one-line JSON object.
+fn json_number(line: &str, k: &str) -> Result<f64> {
+    let at = line
+        .find(&format!("\"{k}\""))
+        .with_context(|| format!("no {k} in {line}"))?;
+    let rest = &line[at + k.len() + 2..];
+    let rest = rest.trim_start_matches([':', ' ']);
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Ok(rest[..end].trim().parse()?)
 }
 
 fn measure(cmd: &mut Command) -> Result<Measurement> {
@@ -223,7 +226,7 @@ fn write_list(name: &str, files: &[PathBuf]) -> Result<PathBuf> {
 
 /// Runs the pipeline benchmark and prints the table.
 pub fn pipeline(quick: bool) -> Result<()> {
-    crate::setup::run()?;
+    crate::setup::run(false)?;
     let python = python::venv_python()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_cmd(Command::new(&cargo).current_dir(project_root()).args([
@@ -305,4 +308,152 @@ fn print_table(rows: &[(String, String, String, Measurement)], cores: usize) {
             m.peak_rss_mb
         );
     }
+}
+
+/// Training throughput, one process against two MPI ranks sharing this machine's cores: the
+/// same small TSM (ResNet-18, 8 frames, 64x64 crops), the same global batch and steps. One
+/// process gets every core as compute threads, each rank half of them. Samples/s are taken
+/// from rank 0's step records after the first step (warm-up).
+pub fn scale(steps: usize) -> Result<()> {
+    crate::setup::run(true)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd(Command::new(&cargo).current_dir(project_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "cli",
+        "--features",
+        "mpi",
+    ]))?;
+    let tsm = project_root().join("target/release/tsm-cli");
+    let dir = project_root().join("target/bench/scale");
+    std::fs::create_dir_all(&dir)?;
+    let global_batch = 8;
+    let mut list = String::new();
+    for i in 0..global_batch * (steps + 1) {
+        let path = dir.join(format!("clip_{i:03}.avi"));
+        let hue = format!("hue=h={}", i * 23);
+        make(
+            &path,
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=128x96:rate=25",
+                "-vf",
+                &hue,
+                "-frames:v",
+                "50",
+                "-c:v",
+                "mpeg4",
+            ],
+        )?;
+        list.push_str(&format!("{} {}\n", path.display(), i % 10));
+    }
+    let list_path = dir.join("train.txt");
+    std::fs::write(&list_path, list)?;
+    let cfg = dir.join("scale.toml");
+    std::fs::write(&cfg, scale_config(&list_path, steps + 1))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_rank = (cores / 2).max(1);
+    let run = |ranks: usize, threads: usize| -> Result<f64> {
+        let out = dir.join(format!("run_{ranks}"));
+        let mut cmd = if ranks == 1 {
+            Command::new(&tsm)
+        } else {
+            let mut c = Command::new("mpirun");
+            c.args(["-np", &ranks.to_string(), "--oversubscribe"])
+                .args([
+                    "--mca",
+                    "btl",
+                    "self,tcp",
+                    "--mca",
+                    "btl_tcp_if_include",
+                    "lo",
+                ])
+                .args(["--mca", "oob_tcp_if_include", "lo"])
+                .arg(&tsm)
+                .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+            c
+        };
+        cmd.args(["train", "-c"])
+            .arg(&cfg)
+            .arg("--output")
+            .arg(&out)
+            .args(["-o", &format!("data.batch_size={}", global_batch / ranks)])
+            .args(["-o", &format!("data.num_workers={threads}")])
+            .env("RAYON_NUM_THREADS", threads.to_string());
+        eprintln!("xtask: bench: {cmd:?}");
+        let status = cmd.stdout(std::process::Stdio::null()).status()?;
+        if !status.success() {
+            bail!("{cmd:?} failed with {status}");
+        }
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+        let (mut samples, mut seconds) = (0.0, 0.0);
+        for line in metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")) {
+            if json_number(line, "iter")? >= 1.0 {
+                let ips = json_number(line, "ips")?;
+                let t = json_number(line, "batch_time")?;
+                samples += ips * t;
+                seconds += t;
+            }
+        }
+        if seconds == 0.0 {
+            bail!("{}: no step after the first", out.display());
+        }
+        Ok(samples / seconds)
+    };
+    let one = run(1, cores)?;
+    let two = run(2, per_rank)?;
+    println!(
+        "\ntraining scale benchmark: {cores} cores, ResNet-18 TSM, 8 frames x 64^2, global batch \
+         {global_batch}, {steps} timed steps"
+    );
+    println!("| processes | threads each | samples/s | x 1 process |\n|---|---:|---:|---:|");
+    println!("| 1 | {cores} | {one:.2} | 1.00 |");
+    println!("| 2 MPI ranks | {per_rank} | {two:.2} | {:.2} |", two / one);
+    Ok(())
+}
+
+fn scale_config(list: &Path, iters: usize) -> String {
+    format!(
+        r#"
+[model]
+depth = 18
+num_seg = 8
+num_classes = 10
+
+[data]
+format = "videos"
+train_list = "{list}"
+batch_size = 8
+prefetch = 2
+sampling = {{ segments = {{ num_seg = 8, seg_len = 1 }} }}
+
+[data.train_pipeline]
+transforms = [
+  {{ MultiScaleCrop = {{ target_size = 80 }} }},
+  {{ RandomCrop = {{ target_size = 64 }} }},
+  {{ RandomFlip = {{ p = 0.5 }} }},
+]
+
+[data.valid_pipeline]
+transforms = [{{ CenterCrop = {{ target_size = 64 }} }}]
+
+[train]
+epochs = 1
+max_iters = {iters}
+log_interval = 1
+
+[lr]
+warmup_start_lr = 0.01
+warmup_epochs = 0
+cosine_base_lr = 0.01
+
+[output]
+dir = "unused"
+"#,
+        list = list.display(),
+    )
 }

@@ -26,8 +26,13 @@ struct Cli {
 enum Cmd {
     /// Find missing system pieces (FFmpeg dev libraries, libclang, the ffmpeg CLI, Python venv)
     /// and install them with apt-get when running as root on Debian/Ubuntu.
-    Setup,
-    /// Run the whole suite: setup, Python reference outputs, then `cargo test --workspace`.
+    Setup {
+        /// Also Open MPI (`libopenmpi-dev openmpi-bin`), for `--features mpi`.
+        #[arg(long)]
+        mpi: bool,
+    },
+    /// Run the whole suite: setup (with Open MPI), Python reference outputs, then
+    /// `cargo test --workspace --features cli/mpi`.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
         #[arg(last = true)]
@@ -56,6 +61,13 @@ enum BenchWhat {
         #[arg(long)]
         quick: bool,
     },
+    /// Training samples/s: one process against two MPI ranks on this machine (same global
+    /// batch and steps). Builds tsm-cli with `--features mpi`.
+    Scale {
+        /// Timed training steps (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,7 +82,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup { mpi } => setup::run(mpi),
         Cmd::Test { cargo_args } => test::run(&cargo_args),
         Cmd::ConvertWeights { args } => run_cmd(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -84,6 +96,9 @@ fn run() -> Result<()> {
         Cmd::Bench {
             what: BenchWhat::Pipeline { quick },
         } => bench::pipeline(quick),
+        Cmd::Bench {
+            what: BenchWhat::Scale { steps },
+        } => bench::scale(steps),
     }
 }
 

@@ -99,9 +99,19 @@ const REQUIREMENTS: &[Requirement] = &[
     },
 ];
 
-/// Checks every requirement; installs the missing ones with apt-get when that is possible.
-pub fn run() -> Result<()> {
-    let missing: Vec<&Requirement> = REQUIREMENTS.iter().filter(|r| !(r.present)()).collect();
+/// MPI for data-parallel training (`--features mpi`, and the suite's `mpirun` tests): the
+/// library with its headers and pkg-config file, and the launcher.
+const MPI: Requirement = Requirement {
+    what: "Open MPI (library, headers, mpirun)",
+    present: || pkg_config("ompi-c") && on_path("mpirun"),
+    debian_packages: &["libopenmpi-dev", "openmpi-bin"],
+};
+
+/// Checks every requirement (and Open MPI's with `mpi`); installs the missing ones with
+/// apt-get when that is possible.
+pub fn run(mpi: bool) -> Result<()> {
+    let wanted = REQUIREMENTS.iter().chain(mpi.then_some(&MPI));
+    let missing: Vec<&Requirement> = wanted.clone().filter(|r| !(r.present)()).collect();
     if missing.is_empty() {
         eprintln!("xtask: setup: all system requirements present");
         return Ok(());
@@ -131,11 +141,7 @@ pub fn run() -> Result<()> {
             .args(&packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    let still: Vec<&str> = REQUIREMENTS
-        .iter()
-        .filter(|r| !(r.present)())
-        .map(|r| r.what)
-        .collect();
+    let still: Vec<&str> = wanted.filter(|r| !(r.present)()).map(|r| r.what).collect();
     if !still.is_empty() {
         bail!("still missing after apt-get: {}", still.join(", "));
     }

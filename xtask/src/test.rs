@@ -6,8 +6,10 @@ use anyhow::Result;
 
 use crate::{project_root, python, run_cmd, setup};
 
+/// The suite includes the data-parallel tests (`mpirun -np 2`), so it needs Open MPI and
+/// builds the workspace with the CLI's `mpi` feature.
 pub fn run(cargo_args: &[String]) -> Result<()> {
-    setup::run()?;
+    setup::run(true)?;
     python::generate_references()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_cmd(
@@ -18,7 +20,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     run_cmd(
         Command::new(&cargo)
             .current_dir(project_root())
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--features", "cli/mpi"])
             .env("TSM_REFERENCE_DIR", python::reference_dir())
             .env("TSM_SHARED_DIR", python::shared_dir())
             .args(cargo_args),

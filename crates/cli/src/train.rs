@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use train_loop::comm::{connect, Backend};
 use train_loop::{TrainConfig, Trainer};
 
 use crate::{Global, Outcome};
@@ -12,13 +14,19 @@ Examples:
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml -o train.epochs=5 -o data.batch_size=8
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml --resume
+  mpirun -np 4 tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml   (built with --features mpi)
 
 The run directory (output.dir, or --output) receives config.toml (the resolved configuration),
 metrics.jsonl (every step, epoch and validation), curves.png (its charts, as `tsm-cli plot`
 draws them), epoch_NNNNN.safetensors checkpoints with their .state.safetensors training state,
 and best.safetensors. --resume continues from the newest
 complete checkpoint there; with the same seed and thread count (RAYON_NUM_THREADS,
-data.num_workers) the result is bit-identical to an uninterrupted run.";
+data.num_workers) the result is bit-identical to an uninterrupted run.
+
+Data parallel: started by mpirun, srun or a torchrun-style launcher (several processes), each
+process trains on its shard with data.batch_size samples per step, gradients are averaged over
+the processes and only rank 0 writes the run directory (which all ranks must see, for --resume).
+A checkpoint resumes with any number of processes. See docs/distributed.md.";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,6 +42,10 @@ pub struct Args {
     /// The run directory (sets output.dir).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Data-parallel engine: auto (from the launcher's variables: MPI, or NCCL on GPUs), none,
+    /// mpi, nccl.
+    #[arg(long, default_value = "auto", value_name = "BACKEND")]
+    dist: Backend,
 }
 
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
@@ -50,24 +62,39 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     }
     let cfg = TrainConfig::load(&args.config, &overrides)?;
     let out = cfg.output.dir.clone();
-    let summary = Trainer::new(cfg, args.resume)
+    let comm = connect(args.dist, &Device::Cpu)?;
+    let summary = match Trainer::with_communicator(cfg, args.resume, comm.clone())
         .and_then(|mut t| t.run())
-        .with_context(|| format!("training into {}", out.display()))?;
-    let curves = out.join(crate::curves::CURVES_PNG);
-    crate::curves::write(&out, &curves)
-        .context("training finished, but drawing its curves failed")?;
-    println!("training curves: {}", curves.display());
-    if summary.best_epoch > 0 {
+    {
+        Ok(s) => s,
+        // The other ranks would wait for this one forever.
+        Err(e) if comm.world_size() > 1 => {
+            eprintln!(
+                "tsm-cli: error: rank {} of {}: training into {}: {e}; aborting the job",
+                comm.rank(),
+                comm.world_size(),
+                out.display()
+            );
+            comm.abort(1)
+        }
+        Err(e) => return Err(e).with_context(|| format!("training into {}", out.display())),
+    };
+    // Rank 0 speaks for the job (and alone wrote metrics.jsonl).
+    if comm.rank() == 0 {
+        let curves = out.join(crate::curves::CURVES_PNG);
+        crate::curves::write(&out, &curves)
+            .context("training finished, but drawing its curves failed")?;
+        println!("training curves: {}", curves.display());
+        let best = if summary.best_epoch > 0 {
+            format!(
+                ", best top1 {:.5} at epoch {}",
+                summary.best_top1, summary.best_epoch
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "done: {} epochs, best top1 {:.5} at epoch {}; final weights {}",
-            summary.epochs,
-            summary.best_top1,
-            summary.best_epoch,
-            summary.final_checkpoint.display()
-        );
-    } else {
-        println!(
-            "done: {} epochs; final weights {}",
+            "done: {} epochs{best}; final weights {}",
             summary.epochs,
             summary.final_checkpoint.display()
         );
