@@ -112,7 +112,9 @@ impl Momentum {
                 v.clone()
             };
             p.var.set(&(w - (update * lr)?)?)?;
-            p.velocity = v;
+            // Detached: `v` records the ops that made it, back through this step's gradients
+            // to the forward pass and the previous velocity, so every step's graph would be kept.
+            p.velocity = v.detach();
         }
         Ok(())
     }
