@@ -325,7 +325,9 @@ pub fn scale(steps: usize) -> Result<()> {
         "--features",
         "mpi",
     ]))?;
-    let tsm = project_root().join("target/release/tsm-cli");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| project_root().join("target"), PathBuf::from);
+    let tsm = target.join("release/tsm-cli");
     let dir = project_root().join("target/bench/scale");
     std::fs::create_dir_all(&dir)?;
     let global_batch = 8;

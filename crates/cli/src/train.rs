@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use train_loop::comm::{connect, Backend};
 use train_loop::{TrainConfig, Trainer};
 
@@ -42,8 +41,8 @@ pub struct Args {
     /// The run directory (sets output.dir).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Data-parallel engine: auto (from the launcher's variables: MPI, or NCCL on GPUs), none,
-    /// mpi, nccl.
+    /// Data-parallel engine: auto (MPI when the launcher's variables say several processes),
+    /// none, mpi.
     #[arg(long, default_value = "auto", value_name = "BACKEND")]
     dist: Backend,
 }
@@ -62,7 +61,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     }
     let cfg = TrainConfig::load(&args.config, &overrides)?;
     let out = cfg.output.dir.clone();
-    let comm = connect(args.dist, &Device::Cpu)?;
+    let comm = connect(args.dist)?;
     let summary = match Trainer::with_communicator(cfg, args.resume, comm.clone())
         .and_then(|mut t| t.run())
     {

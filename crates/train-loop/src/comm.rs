@@ -1,8 +1,9 @@
 //! Data-parallel communication: which rank this process is, and sums over all ranks.
 //!
-//! A [`Communicator`] is one of: [`SingleProcess`] (the default; every call is a no-op),
-//! [`MpiCommunicator`] over the system's MPI (feature `mpi`), or NCCL between GPUs (feature
-//! `cuda`). Which one a process needs follows from how it was launched: [`Launch::from_env`]
+//! A [`Communicator`] is one of: [`SingleProcess`] (the default; every call is a no-op) or
+//! [`MpiCommunicator`] over the system's MPI (feature `mpi`); NCCL between GPUs is planned
+//! (`docs/distributed.md`). Which one a process needs follows from how it was launched:
+//! [`Launch::from_env`]
 //! reads the rank, world size and local rank that `mpirun` (Open MPI), `srun` (Slurm) or
 //! `torchrun`-style launchers put in the environment, and [`connect`] picks the engine.
 
@@ -149,16 +150,13 @@ impl Launch {
 /// Which engine to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// From the launch: one process alone is [`SingleProcess`]; several are NCCL on a CUDA
-    /// device, MPI otherwise.
+    /// From the launch: one process alone is [`SingleProcess`], several use MPI.
     #[default]
     Auto,
     /// [`SingleProcess`], whatever the environment says.
     Single,
     /// MPI (feature `mpi`).
     Mpi,
-    /// NCCL (feature `cuda`).
-    Nccl,
 }
 
 impl std::str::FromStr for Backend {
@@ -168,35 +166,27 @@ impl std::str::FromStr for Backend {
             "auto" => Ok(Self::Auto),
             "none" | "single" => Ok(Self::Single),
             "mpi" => Ok(Self::Mpi),
-            "nccl" => Ok(Self::Nccl),
-            _ => Err(format!("unknown backend {s:?} (auto, none, mpi, nccl)")),
+            _ => Err(format!("unknown backend {s:?} (auto, none, mpi)")),
         }
     }
 }
 
-/// The communicator for `backend` on `device`, joining the job the environment describes.
-pub fn connect(backend: Backend, device: &Device) -> Result<Rc<dyn Communicator>> {
+/// The communicator for `backend`, joining the job the environment describes.
+pub fn connect(backend: Backend) -> Result<Rc<dyn Communicator>> {
     let launch = Launch::from_env()?;
-    let backend = match backend {
-        Backend::Auto if launch.world_size == 1 => Backend::Single,
-        Backend::Auto if device.is_cuda() => Backend::Nccl,
-        Backend::Auto => Backend::Mpi,
-        b => b,
-    };
-    let missing = |feature: &str, engine: &str| Error::Launch {
-        msg: format!(
-            "{} started this process as rank {} of {}, but this build has no {engine} support \
-             (rebuild with `--features {feature}`)",
-            launch.launcher, launch.rank, launch.world_size
-        ),
-    };
     match backend {
-        Backend::Auto | Backend::Single => Ok(Rc::new(SingleProcess)),
+        Backend::Auto if launch.world_size == 1 => Ok(Rc::new(SingleProcess)),
+        Backend::Single => Ok(Rc::new(SingleProcess)),
         #[cfg(feature = "mpi")]
-        Backend::Mpi => Ok(Rc::new(MpiCommunicator::init(&launch)?)),
+        Backend::Auto | Backend::Mpi => Ok(Rc::new(MpiCommunicator::init(&launch)?)),
         #[cfg(not(feature = "mpi"))]
-        Backend::Mpi => Err(missing("mpi", "MPI")),
-        Backend::Nccl => Err(missing("cuda", "NCCL")),
+        Backend::Auto | Backend::Mpi => Err(Error::Launch {
+            msg: format!(
+                "{} started this process as rank {} of {}, but this build has no MPI support \
+                 (rebuild with `--features mpi`)",
+                launch.launcher, launch.rank, launch.world_size
+            ),
+        }),
     }
 }
 
