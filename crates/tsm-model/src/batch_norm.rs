@@ -3,9 +3,17 @@
 //! candle-nn's `BatchNorm` keeps an *unbiased* running variance; Paddle keeps the biased batch
 //! variance, with `r = 0.9 r + 0.1 batch`. Converted weights trained further here must follow
 //! Paddle's rule, so this module writes it once.
+//!
+//! Training-mode BN on the CPU is one op with a hand-written backward (two passes over the
+//! activations each way): composed from candle's element-wise ops it took about ten passes
+//! forward and twenty backward, each allocating a full-size tensor.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
+
+use crate::ops::{cpu_kernel, cpu_slice};
 
 /// Paddle's default `epsilon`.
 pub const BN_EPS: f64 = 1e-5;
@@ -61,15 +69,23 @@ impl BatchNorm {
                 .broadcast_mul(&per_channel(&scale)?)?
                 .broadcast_add(&per_channel(&shift)?);
         }
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
-        let inv_std = (&var + BN_EPS)?.sqrt()?.recip()?;
-        let y = centred
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&per_channel(&self.weight)?)?
-            .broadcast_add(&per_channel(&self.bias)?)?;
-        let (bm, bv) = (mean.flatten_all()?.detach(), var.flatten_all()?.detach());
+        let (y, bm, bv) = if cpu_kernel(x) {
+            let x = x.contiguous()?;
+            let stats = x.apply_op1_no_bwd(&BatchStats)?;
+            let params = Tensor::stack(&[&self.weight, &self.bias], 0)?;
+            let y = x.apply_op3(&stats, &params, BnTrain)?;
+            (y, stats.get(0)?, stats.get(1)?)
+        } else {
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+            let inv_std = (&var + BN_EPS)?.sqrt()?.recip()?;
+            let y = centred
+                .broadcast_mul(&inv_std)?
+                .broadcast_mul(&per_channel(&self.weight)?)?
+                .broadcast_add(&per_channel(&self.bias)?)?;
+            (y, mean.flatten_all()?.detach(), var.flatten_all()?.detach())
+        };
         let m = BN_MOMENTUM;
         let new_mean = ((self.running_mean.as_tensor() * m)? + (bm * (1.0 - m))?)?;
         let new_var = ((self.running_var.as_tensor() * m)? + (bv * (1.0 - m))?)?;
@@ -101,5 +117,267 @@ impl BatchNorm {
             format!("{p}.running_var"),
             self.running_var.as_tensor().clone(),
         ));
+    }
+}
+
+/// `(N, C, H*W)` of a contiguous `[N, C, H, W]` layout, and its data.
+fn nchw<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> Result<(&'a [T], usize, usize, usize)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    Ok((cpu_slice(s, l)?, n, c, h * w))
+}
+
+/// `[f(c, plane of x at n, c) for each n]` summed per channel in f64, channels in parallel.
+fn per_channel_sums<T: candle_core::WithDType>(
+    x: &[T],
+    (n, c, hw): (usize, usize, usize),
+    f: impl Fn(usize, &[T], usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            (0..n).fold((0.0, 0.0), |acc, i| {
+                let start = (i * c + ch) * hw;
+                let (a, b) = f(ch, &x[start..start + hw], start);
+                (acc.0 + a, acc.1 + b)
+            })
+        })
+        .collect()
+}
+
+/// Per-channel batch mean and biased variance `[2, C]` of `x [N, C, H, W]`, accumulated in f64
+/// in two passes (mean, then squared deviations), as Paddle's kernel does.
+#[derive(Debug, Clone, Copy)]
+struct BatchStats;
+
+impl BatchStats {
+    fn fwd<T: candle_core::WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
+        let (x, n, c, hw) = nchw::<T>(s, l)?;
+        let m = (n * hw) as f64;
+        let sums = per_channel_sums(x, (n, c, hw), |_, p, _| {
+            (p.iter().map(|v| v.to_f64()).sum(), 0.0)
+        });
+        let mean: Vec<f64> = sums.iter().map(|s| s.0 / m).collect();
+        let sq = per_channel_sums(x, (n, c, hw), |ch, p, _| {
+            let mu = mean[ch];
+            (p.iter().map(|v| (v.to_f64() - mu).powi(2)).sum(), 0.0)
+        });
+        Ok(mean
+            .iter()
+            .map(|&v| T::from_f64(v))
+            .chain(sq.iter().map(|s| T::from_f64(s.0 / m)))
+            .collect())
+    }
+}
+
+impl CustomOp1 for BatchStats {
+    fn name(&self) -> &'static str {
+        "batch-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let c = l.shape().dims4()?.1;
+        Ok((cpu_by_dtype!(s.dtype(), self.fwd(s, l)), (2, c).into()))
+    }
+}
+
+/// Per-channel `scale = weight / sqrt(var + eps)` from the `[2, C]` stats and params, in f64.
+fn scales(stats: &[f64], params: &[f64], c: usize) -> Vec<f64> {
+    (0..c)
+        .map(|ch| params[ch] / (stats[c + ch] + BN_EPS).sqrt())
+        .collect()
+}
+
+fn to_f64<T: candle_core::WithDType>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// `y = (x - mean) * weight / sqrt(var + eps) + bias` from `(x, stats [2, C], params [2, C])`
+/// (params = weight; bias). The stats are the batch's, computed from `x`; the backward treats
+/// them as functions of `x` (the full BN gradient) and returns none for them.
+#[derive(Debug, Clone, Copy)]
+struct BnTrain;
+
+impl BnTrain {
+    fn fwd<T: candle_core::WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<Vec<T>> {
+        let (x, _, c, hw) = nchw::<T>(s1, l1)?;
+        let stats = to_f64(cpu_slice::<T>(s2, l2)?);
+        let params = to_f64(cpu_slice::<T>(s3, l3)?);
+        let scale = scales(&stats, &params, c);
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(hw.max(1))
+            .zip(x.par_chunks(hw.max(1)))
+            .enumerate()
+            .for_each(|(plane, (yp, xp))| {
+                let ch = plane % c;
+                let (mu, a, b) = (
+                    T::from_f64(stats[ch]),
+                    T::from_f64(scale[ch]),
+                    T::from_f64(params[c + ch]),
+                );
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = (v - mu) * a + b;
+                }
+            });
+        Ok(y)
+    }
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        params: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let packed = Tensor::cat(&[stats, params], 0)?;
+        // [sum dy, sum dy * xhat] per channel: the bias and weight gradients
+        let sums = x.apply_op3_no_bwd(&dy, &packed, &BnGradSums)?;
+        let dx = x.apply_op3_no_bwd(&dy, &Tensor::cat(&[&packed, &sums], 0)?, &BnGradInput)?;
+        let dparams = Tensor::stack(&[sums.get(1)?, sums.get(0)?], 0)?;
+        Ok((Some(dx), None, Some(dparams)))
+    }
+}
+
+/// `[sum dy, sum dy * xhat]` per channel from `(x, dy, [stats; params])`.
+#[derive(Debug, Clone, Copy)]
+struct BnGradSums;
+
+impl BnGradSums {
+    fn fwd<T: candle_core::WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<Vec<T>> {
+        let (x, n, c, hw) = nchw::<T>(s1, l1)?;
+        let (dy, ..) = nchw::<T>(s2, l2)?;
+        let packed = to_f64(cpu_slice::<T>(s3, l3)?);
+        let sums = per_channel_sums(x, (n, c, hw), |ch, xp, start| {
+            let (mu, inv_std) = (packed[ch], 1.0 / (packed[c + ch] + BN_EPS).sqrt());
+            let dyp = &dy[start..start + xp.len()];
+            xp.iter().zip(dyp).fold((0.0, 0.0), |(a, b), (&v, &g)| {
+                let g = g.to_f64();
+                (a + g, b + g * (v.to_f64() - mu) * inv_std)
+            })
+        });
+        Ok(sums
+            .iter()
+            .map(|s| T::from_f64(s.0))
+            .chain(sums.iter().map(|s| T::from_f64(s.1)))
+            .collect())
+    }
+}
+
+impl CustomOp3 for BnGradSums {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-sums"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = l1.shape().dims4()?.1;
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
+        Ok((out, (2, c).into()))
+    }
+}
+
+/// `dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))` from
+/// `(x, dy, [stats; params; sums])`, the means over `N*H*W`.
+#[derive(Debug, Clone, Copy)]
+struct BnGradInput;
+
+impl BnGradInput {
+    fn fwd<T: candle_core::WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<Vec<T>> {
+        let (x, n, c, hw) = nchw::<T>(s1, l1)?;
+        let (dy, ..) = nchw::<T>(s2, l2)?;
+        let p = to_f64(cpu_slice::<T>(s3, l3)?);
+        let (stats, params, sums) = (&p[..2 * c], &p[2 * c..4 * c], &p[4 * c..]);
+        let scale = scales(stats, params, c);
+        let m = (n * hw) as f64;
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(hw.max(1))
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let ch = plane % c;
+                let inv_std = 1.0 / (stats[c + ch] + BN_EPS).sqrt();
+                // dx = scale * (dy - sum_dy / m) - scale * inv_std * sum_dyxhat / m * (x - mean)
+                let a = T::from_f64(scale[ch]);
+                let b = T::from_f64(scale[ch] * sums[ch] / m);
+                let k = T::from_f64(scale[ch] * inv_std * sums[c + ch] / m);
+                let mu = T::from_f64(stats[ch]);
+                let start = plane * hw;
+                for ((o, &v), &g) in out.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
+                    *o = g * a - b - (v - mu) * k;
+                }
+            });
+        Ok(dx)
+    }
+}
+
+impl CustomOp3 for BnGradInput {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
+        Ok((out, l1.shape().clone()))
     }
 }

@@ -27,9 +27,22 @@
 
 #![warn(missing_docs)]
 
+/// `$obj.$method::<T>(args)` with `T` = f32 or f64 by `$dtype`, wrapped as CPU storage: the
+/// dtypes the hand-written CPU kernels ([`ops::cpu_kernel`]) run in.
+macro_rules! cpu_by_dtype {
+    ($dtype:expr, $obj:ident . $method:ident ( $($a:expr),* )) => {
+        match $dtype {
+            candle_core::DType::F32 => candle_core::CpuStorage::F32($obj.$method::<f32>($($a),*)?),
+            candle_core::DType::F64 => candle_core::CpuStorage::F64($obj.$method::<f64>($($a),*)?),
+            d => candle_core::bail!("{}: dtype {d:?} has no CPU kernel", stringify!($method)),
+        }
+    };
+}
+
 mod batch_norm;
 mod checkpoint;
 mod config;
+pub mod conv;
 mod error;
 mod model;
 pub mod ops;
@@ -41,4 +54,4 @@ pub use config::{TsmConfig, CONFIG_METADATA_KEY};
 pub use error::TsmError;
 pub use model::{parameter_shapes, PpTsmHead, Tsm};
 pub use ops::temporal_shift;
-pub use resnet::{block_name, ConvBn, ResNetTweaksTsm};
+pub use resnet::{block_name, ConvBn, Profile, ResNetTweaksTsm};

@@ -8,7 +8,7 @@ use candle_nn::{Init, ModuleT, VarBuilder, VarMap};
 use crate::checkpoint::{read_checkpoint, write_safetensors};
 use crate::config::{TsmConfig, CONFIG_METADATA_KEY};
 use crate::error::TsmError;
-use crate::resnet::ResNetTweaksTsm;
+use crate::resnet::{Profile, Recorder, ResNetTweaksTsm};
 
 /// PaddleVideo's `ppTSMHead`: global average pool -> dropout -> mean over the `T` frames ->
 /// linear. Frame features are averaged *before* the fc. Tensors `head.fc.weight` `[K, C]`
@@ -230,6 +230,25 @@ impl Tsm {
     /// Eval-mode logits `[N, K]` (or pooled features `[N, C]` for a backbone without head).
     pub fn forward(&self, clips: &Tensor) -> Result<Tensor> {
         self.forward_t(clips, false)
+    }
+
+    /// Eval-mode logits (as [`Tsm::forward`]) and the wall time of every step of the pass: the
+    /// per-layer profile `cargo xtask bench model` prints.
+    pub fn forward_profiled(&self, clips: &Tensor) -> Result<(Tensor, Profile)> {
+        let mut profile = Profile::new();
+        let maps = self.backbone.forward_rec(
+            &self.frames(clips)?,
+            false,
+            &mut Recorder(Some(&mut profile)),
+        )?;
+        let t = std::time::Instant::now();
+        let feats = pool_features(&maps, self.cfg.num_seg, None)?;
+        let out = match &self.head {
+            Some(h) => h.classify(&feats)?,
+            None => feats,
+        };
+        profile.push(("head (pool + fc)".into(), t.elapsed().as_secs_f64()));
+        Ok((out, profile))
     }
 
     /// A copy with every BatchNorm folded into its convolution, for inference: the same eval

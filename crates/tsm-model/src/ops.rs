@@ -1,15 +1,198 @@
 //! Operators PP-TSM needs that candle lacks: Paddle's temporal shift (a [`CustomOp1`]),
 //! exclusive ceil-mode 2x2 average pooling (ResNet-D shortcut), padded 3x3 max pooling, leaky ReLU.
+//!
+//! On the CPU (f32, f64) leaky ReLU, the residual join and max pooling are single-pass kernels
+//! with single-pass backwards; candle's element-wise compositions of them take several passes
+//! each way, each allocating a full-size tensor. The compositions remain for other devices and
+//! as the references in tests.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 /// Leaky ReLU's negative slope in Paddle's `F.leaky_relu` (and so in PP-TSM).
 pub const LEAKY_SLOPE: f64 = 0.01;
 
+/// Whether `x` runs on this crate's hand-written CPU kernels (CPU, f32 or f64).
+pub(crate) fn cpu_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous `T` data of a kernel operand.
+pub(crate) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
+        None => candle_core::bail!("CPU kernel operands must be contiguous"),
+    }
+}
+
+/// Element-wise kernels run in parallel chunks of this many elements.
+const CHUNK: usize = 1 << 14;
+
+/// `f(a[i], b[i])` for every `i`, in parallel.
+fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    out
+}
+
+fn leaky<T: WithDType>(v: T) -> T {
+    if v > T::zero() {
+        v
+    } else {
+        v * T::from_f64(LEAKY_SLOPE)
+    }
+}
+
 /// `leaky_relu(x) = max(x, 0.01 x)`.
 pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
-    x.maximum(&(x * LEAKY_SLOPE)?)
+    if cpu_kernel(x) {
+        x.contiguous()?.apply_op1(LeakyRelu)
+    } else {
+        x.maximum(&(x * LEAKY_SLOPE)?)
+    }
+}
+
+/// `leaky_relu(a + b)`: the residual join of every block, in one pass.
+pub fn add_leaky_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cpu_kernel(a) {
+        if a.shape() != b.shape() {
+            candle_core::bail!(
+                "add_leaky_relu: shapes {:?} and {:?} differ",
+                a.dims(),
+                b.dims()
+            )
+        }
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddLeakyRelu)
+    } else {
+        leaky_relu(&(a + b)?)
+    }
+}
+
+/// Leaky ReLU (CPU kernel).
+#[derive(Debug, Clone, Copy)]
+struct LeakyRelu;
+
+impl LeakyRelu {
+    fn fwd<T: WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
+        let x = cpu_slice::<T>(s, l)?;
+        Ok(zip_map(x, x, |v, _| leaky(v)))
+    }
+}
+
+impl CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "leaky-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((cpu_by_dtype!(s.dtype(), self.fwd(s, l)), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &LeakyGrad)?))
+    }
+}
+
+/// `leaky_relu(a + b)` (CPU kernel).
+#[derive(Debug, Clone, Copy)]
+struct AddLeakyRelu;
+
+impl AddLeakyRelu {
+    fn fwd<T: WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<Vec<T>> {
+        Ok(zip_map(
+            cpu_slice::<T>(s1, l1)?,
+            cpu_slice(s2, l2)?,
+            |a, b| leaky(a + b),
+        ))
+    }
+}
+
+impl CustomOp2 for AddLeakyRelu {
+    fn name(&self) -> &'static str {
+        "add-leaky-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = y.apply_op2_no_bwd(&grad.contiguous()?, &LeakyGrad)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// The leaky ReLU gradient from its output `y` (same sign as its input): `grad` where `y > 0`,
+/// `0.01 grad` elsewhere.
+#[derive(Debug, Clone, Copy)]
+struct LeakyGrad;
+
+impl LeakyGrad {
+    fn fwd<T: WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<Vec<T>> {
+        let slope = T::from_f64(LEAKY_SLOPE);
+        Ok(zip_map(
+            cpu_slice::<T>(s1, l1)?,
+            cpu_slice(s2, l2)?,
+            |y, g| {
+                if y > T::zero() {
+                    g
+                } else {
+                    g * slope
+                }
+            },
+        ))
+    }
+}
+
+impl CustomOp2 for LeakyGrad {
+    fn name(&self) -> &'static str {
+        "leaky-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2));
+        Ok((out, l1.shape().clone()))
+    }
 }
 
 /// Paddle's channel split for a shift ratio: `(int(C*ratio), int(C*2*ratio))`, computed in f32
@@ -188,9 +371,126 @@ pub fn avg_pool2x2_ceil(x: &Tensor) -> Result<Tensor> {
     sums.broadcast_div(&counts)
 }
 
-/// Paddle's `MaxPool2D(3, stride=2, padding=1)`, built from strided views and `maximum` so that
-/// it has a backward pass (candle's `max_pool2d` has none when kernel != stride).
+/// Paddle's `MaxPool2D(3, stride=2, padding=1)`: the window is clipped to the image (padding
+/// never wins) and, as in Paddle's backward, the gradient goes to the first maximum of each
+/// window in row-major order.
 pub fn max_pool3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    if cpu_kernel(x) {
+        x.dims4()?;
+        x.contiguous()?.apply_op1(MaxPool)
+    } else {
+        max_pool3x3_s2_p1_reference(x)
+    }
+}
+
+/// Output size of the 3x3 stride-2 pad-1 pooling.
+fn pooled(n: usize) -> usize {
+    (n + 2 - 3) / 2 + 1
+}
+
+/// For output `(i, j)` of a `h x w` plane: the index of the first maximum in its window.
+fn window_argmax<T: WithDType>(p: &[T], (h, w): (usize, usize), i: usize, j: usize) -> usize {
+    let rows = (2 * i).saturating_sub(1)..(2 * i + 2).min(h);
+    let cols = (2 * j).saturating_sub(1)..(2 * j + 2).min(w);
+    let mut best = rows.start * w + cols.start;
+    for r in rows {
+        for c in cols.clone() {
+            if p[r * w + c] > p[best] {
+                best = r * w + c;
+            }
+        }
+    }
+    best
+}
+
+/// The pooling (CPU kernel); backward: [`MaxPoolGrad`].
+#[derive(Debug, Clone, Copy)]
+struct MaxPool;
+
+impl MaxPool {
+    fn fwd<T: WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
+        let x = cpu_slice::<T>(s, l)?;
+        let (_, _, h, w) = l.shape().dims4()?;
+        let (ho, wo) = (pooled(h), pooled(w));
+        let mut y = vec![T::zero(); x.len() / (h * w).max(1) * ho * wo];
+        y.par_chunks_mut((ho * wo).max(1))
+            .zip(x.par_chunks((h * w).max(1)))
+            .for_each(|(yp, xp)| {
+                for (k, v) in yp.iter_mut().enumerate() {
+                    *v = xp[window_argmax(xp, (h, w), k / wo, k % wo)];
+                }
+            });
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "max-pool-3x3-s2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let y = cpu_by_dtype!(s.dtype(), self.fwd(s, l));
+        Ok((y, (b, c, pooled(h), pooled(w)).into()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolGrad)?))
+    }
+}
+
+/// `dL/dx` of [`MaxPool`] from `(x, dL/dy)`.
+#[derive(Debug, Clone, Copy)]
+struct MaxPoolGrad;
+
+impl MaxPoolGrad {
+    fn fwd<T: WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<Vec<T>> {
+        let (x, g) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
+        let (_, _, h, w) = l1.shape().dims4()?;
+        let (ho, wo) = (pooled(h), pooled(w));
+        let mut gx = vec![T::zero(); x.len()];
+        gx.par_chunks_mut((h * w).max(1))
+            .zip(
+                x.par_chunks((h * w).max(1))
+                    .zip(g.par_chunks((ho * wo).max(1))),
+            )
+            .for_each(|(gp, (xp, g))| {
+                for (k, &v) in g.iter().enumerate() {
+                    gp[window_argmax(xp, (h, w), k / wo, k % wo)] += v;
+                }
+            });
+        Ok(gx)
+    }
+}
+
+impl CustomOp2 for MaxPoolGrad {
+    fn name(&self) -> &'static str {
+        "max-pool-3x3-s2-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// The same pooling built from strided views and `maximum` (any device; candle's `max_pool2d`
+/// has no backward when kernel != stride). Ties split the gradient rather than going to the
+/// first maximum. The reference for tests.
+pub fn max_pool3x3_s2_p1_reference(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (ho, wo) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
     // pad with -inf to 2*(ho+1) rows and 2*(wo+1) columns (1 in front, the rest behind)

@@ -10,7 +10,8 @@ use candle_nn::{Init, ModuleT, VarBuilder};
 
 use crate::batch_norm::BatchNorm;
 use crate::config::TsmConfig;
-use crate::ops::{avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1, temporal_shift};
+use crate::conv::{conv2d, conv2d_bias};
+use crate::ops::{add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1, temporal_shift};
 
 /// Paddle's `ConvBNLayer`: [avg-pool 2x2 ceil] -> conv (no bias) -> BN -> [leaky ReLU].
 ///
@@ -90,23 +91,66 @@ impl ConvBn {
     }
 }
 
-impl ModuleT for ConvBn {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl ConvBn {
+    fn forward_rec(&self, x: &Tensor, train: bool, rec: &mut Recorder) -> Result<Tensor> {
         let x = if self.pool_first {
-            avg_pool2x2_ceil(x)?
+            rec.run(|| "avg pool 2x2".into(), || avg_pool2x2_ceil(x))?
         } else {
             x.clone()
         };
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let (o, c, k, _) = self.weight.dims4()?;
+        let (_, _, h, w) = x.dims4()?;
+        let label = |what: &str| format!("conv {k}x{k} s{} {c}->{o} {h}x{w}{what}", self.stride);
+        let conv = |x: &Tensor| conv2d(x, &self.weight, self.stride, self.padding);
         let y = match (&self.bn, &self.fused_bias) {
-            (Some(bn), _) => bn.forward_t(&y, train)?,
-            (None, Some(b)) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
-            (None, None) => y,
+            (None, Some(b)) => {
+                let what = if self.act { " +bias+act" } else { " +bias" };
+                return rec.run(
+                    || label(what),
+                    || conv2d_bias(&x, &self.weight, b, self.stride, self.padding, self.act),
+                );
+            }
+            (Some(bn), _) => {
+                let y = rec.run(|| label(""), || conv(&x))?;
+                rec.run(|| "batch norm".into(), || bn.forward_t(&y, train))?
+            }
+            (None, None) => rec.run(|| label(""), || conv(&x))?,
         };
         if self.act {
-            leaky_relu(&y)
+            rec.run(|| "leaky relu".into(), || leaky_relu(&y))
         } else {
             Ok(y)
+        }
+    }
+}
+
+impl ModuleT for ConvBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_rec(x, train, &mut Recorder(None))
+    }
+}
+
+/// Wall time per step of a forward pass, in order: `(label, seconds)`. Convolutions are
+/// labelled with their kernel, stride, channels and input size.
+pub type Profile = Vec<(String, f64)>;
+
+/// Times each step into a [`Profile`] when there is one.
+pub(crate) struct Recorder<'a>(pub(crate) Option<&'a mut Profile>);
+
+impl Recorder<'_> {
+    pub(crate) fn run(
+        &mut self,
+        label: impl FnOnce() -> String,
+        f: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match &mut self.0 {
+            None => f(),
+            Some(p) => {
+                let t = std::time::Instant::now();
+                let y = f()?;
+                p.push((label(), t.elapsed().as_secs_f64()));
+                Ok(y)
+            }
         }
     }
 }
@@ -146,8 +190,14 @@ enum Block {
 }
 
 impl Block {
-    fn forward_t(&self, x: &Tensor, shift: Shift, train: bool) -> Result<Tensor> {
-        let shifted = shift.apply(x)?;
+    fn forward_rec(
+        &self,
+        x: &Tensor,
+        shift: Shift,
+        train: bool,
+        rec: &mut Recorder,
+    ) -> Result<Tensor> {
+        let shifted = rec.run(|| "temporal shift".into(), || shift.apply(x))?;
         let (branch, short) = match self {
             Block::Bottleneck {
                 conv0,
@@ -155,25 +205,28 @@ impl Block {
                 conv2,
                 short,
             } => {
-                let y = conv0.forward_t(&shifted, train)?;
-                let y = conv1.forward_t(&y, train)?;
-                (conv2.forward_t(&y, train)?, short)
+                let y = conv0.forward_rec(&shifted, train, rec)?;
+                let y = conv1.forward_rec(&y, train, rec)?;
+                (conv2.forward_rec(&y, train, rec)?, short)
             }
             Block::Basic {
                 conv0,
                 conv1,
                 short,
             } => {
-                let y = conv0.forward_t(&shifted, train)?;
-                (conv1.forward_t(&y, train)?, short)
+                let y = conv0.forward_rec(&shifted, train, rec)?;
+                (conv1.forward_rec(&y, train, rec)?, short)
             }
         };
         // the shortcut takes the unshifted input
         let short = match short {
-            Some(s) => s.forward_t(x, train)?,
+            Some(s) => s.forward_rec(x, train, rec)?,
             None => x.clone(),
         };
-        leaky_relu(&(short + branch)?)
+        rec.run(
+            || "residual add+act".into(),
+            || add_leaky_relu(&short, &branch),
+        )
     }
 
     fn convs(&self) -> Vec<&ConvBn> {
@@ -348,16 +401,27 @@ impl ResNetTweaksTsm {
     }
 }
 
-impl ModuleT for ResNetTweaksTsm {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl ResNetTweaksTsm {
+    pub(crate) fn forward_rec(
+        &self,
+        x: &Tensor,
+        train: bool,
+        rec: &mut Recorder,
+    ) -> Result<Tensor> {
         let mut y = x.clone();
         for c in &self.stem {
-            y = c.forward_t(&y, train)?;
+            y = c.forward_rec(&y, train, rec)?;
         }
-        let mut y = max_pool3x3_s2_p1(&y)?;
+        let mut y = rec.run(|| "max pool 3x3".into(), || max_pool3x3_s2_p1(&y))?;
         for b in &self.blocks {
-            y = b.forward_t(&y, self.shift, train)?;
+            y = b.forward_rec(&y, self.shift, train, rec)?;
         }
         Ok(y)
+    }
+}
+
+impl ModuleT for ResNetTweaksTsm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_rec(x, train, &mut Recorder(None))
     }
 }

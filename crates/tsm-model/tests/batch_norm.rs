@@ -1,7 +1,7 @@
 //! BatchNorm with Paddle's running-statistics rule.
 #![allow(clippy::unwrap_used)]
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use tsm_model::BatchNorm;
 
@@ -58,4 +58,62 @@ fn training_updates_running_stats_like_paddle() {
     // eval uses the running statistics and changes nothing
     let _ = bn.forward_t(&x, false).unwrap();
     assert_eq!(bn.running_mean().to_vec1::<f32>().unwrap(), rm);
+}
+
+/// `max |a - b| / max |b|`.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    let s = b.abs().unwrap().max_all().unwrap();
+    d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-30)
+}
+
+#[test]
+fn training_output_and_gradients_match_the_composed_formula() {
+    let dev = Device::Cpu;
+    for (n, c, h, w) in [(2, 3, 4, 5), (5, 16, 7, 7), (3, 4, 1, 1)] {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let bn = BatchNorm::new(c, vb.pp("bn")).unwrap();
+        // non-trivial affine parameters
+        for (name, v) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("weight") || name.ends_with("bias") {
+                v.set(&Tensor::randn(0.5f32, 1.0, c, &dev).unwrap())
+                    .unwrap();
+            }
+        }
+        let param = |k: &str| varmap.data().lock().unwrap()[k].clone();
+        let (weight, bias) = (param("bn.weight"), param("bn.bias"));
+        let x = Var::from_tensor(
+            &(Tensor::randn(0f32, 2.0, (n, c, h, w), &dev).unwrap() + 3.0).unwrap(),
+        )
+        .unwrap();
+        let y = bn.forward_t(&x, true).unwrap();
+        // Paddle's training BN from candle's element-wise ops (biased variance)
+        let mean = x.mean_keepdim((0, 2, 3)).unwrap();
+        let centred = x.broadcast_sub(&mean).unwrap();
+        let var = centred.sqr().unwrap().mean_keepdim((0, 2, 3)).unwrap();
+        let per_c = |t: &Tensor| t.reshape((1, c, 1, 1)).unwrap();
+        let want = centred
+            .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&per_c(&weight))
+            .unwrap()
+            .broadcast_add(&per_c(&bias))
+            .unwrap();
+        assert!(rel_err(&y, &want) < 1e-5, "{n}x{c}x{h}x{w}: output");
+        let r = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_want = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [
+            ("x", x.as_tensor()),
+            ("weight", weight.as_tensor()),
+            ("bias", bias.as_tensor()),
+        ] {
+            let e = rel_err(g.get(v).unwrap(), g_want.get(v).unwrap());
+            assert!(
+                e < 1e-4,
+                "{n}x{c}x{h}x{w}: {name} gradient relative error {e}"
+            );
+        }
+    }
 }

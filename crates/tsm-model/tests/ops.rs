@@ -3,8 +3,8 @@
 
 use candle_core::{Device, Tensor, Var, D};
 use tsm_model::ops::{
-    avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1, shift_folds, temporal_shift,
-    temporal_shift_reference,
+    add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1, max_pool3x3_s2_p1_reference,
+    shift_folds, temporal_shift, temporal_shift_reference,
 };
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -194,4 +194,80 @@ fn leaky_relu_slope_is_one_hundredth() {
         leaky_relu(&x).unwrap().to_vec1::<f32>().unwrap(),
         [-0.02, 0.0, 3.0]
     );
+}
+
+/// Value and input gradients of `f` and `g` under the same random linear loss.
+fn value_and_grads(
+    f: impl Fn(&[Tensor]) -> Tensor,
+    g: impl Fn(&[Tensor]) -> Tensor,
+    shapes: &[&[usize]],
+) -> Vec<(f32, String)> {
+    let vars: Vec<Var> = shapes
+        .iter()
+        .map(|s| Var::from_tensor(&randn(s)).unwrap())
+        .collect();
+    let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let (a, b) = (f(&xs), g(&xs));
+    let mut out = vec![(max_diff(&a, &b), "value".to_string())];
+    let r = randn(a.dims());
+    let ga = (&a * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gb = (&b * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, v) in vars.iter().enumerate() {
+        let d = max_diff(ga.get(v).unwrap(), gb.get(v).unwrap());
+        out.push((d, format!("gradient {i}")));
+    }
+    out
+}
+
+#[test]
+fn cpu_kernels_match_their_compositions() {
+    let composed_leaky = |x: &Tensor| x.maximum(&(x * 0.01).unwrap()).unwrap();
+    for shape in [&[2, 3, 5, 7][..], &[1, 64, 40, 33], &[5]] {
+        for (d, what) in value_and_grads(
+            |x| leaky_relu(&x[0]).unwrap(),
+            |x| composed_leaky(&x[0]),
+            &[shape],
+        ) {
+            assert_eq!(d, 0.0, "leaky_relu {shape:?}: {what}");
+        }
+        for (d, what) in value_and_grads(
+            |x| add_leaky_relu(&x[0], &x[1]).unwrap(),
+            |x| composed_leaky(&(&x[0] + &x[1]).unwrap()),
+            &[shape, shape],
+        ) {
+            assert_eq!(d, 0.0, "add_leaky_relu {shape:?}: {what}");
+        }
+    }
+    assert!(add_leaky_relu(&randn(&[2, 3]), &randn(&[3, 2])).is_err());
+    // random values: no ties, so both put each window's gradient on its single maximum (summed
+    // in another order where windows overlap)
+    for shape in [[2, 3, 7, 6], [1, 4, 8, 8], [3, 2, 1, 5], [1, 1, 2, 2]] {
+        for (d, what) in value_and_grads(
+            |x| max_pool3x3_s2_p1(&x[0]).unwrap(),
+            |x| max_pool3x3_s2_p1_reference(&x[0]).unwrap(),
+            &[&shape],
+        ) {
+            assert!(d < 1e-6, "max pool {shape:?}: {what}: {d}");
+        }
+    }
+}
+
+#[test]
+fn max_pool_gradient_goes_to_the_first_maximum_like_paddle() {
+    // one 3x3 window of equal values (plus the padded row and column of the 2x2 output grid)
+    let x = Tensor::ones((1, 1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let x = Var::from_tensor(&x).unwrap();
+    let y = max_pool3x3_s2_p1(&x).unwrap();
+    assert_eq!(y.dims(), &[1, 1, 2, 2]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let gx = g
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // windows: rows/cols {0,1} for output 0, {1,2} for output 1: first maxima at
+    // (0,0), (0,1), (1,0), (1,1)
+    assert_eq!(gx, [1., 1., 0., 1., 1., 0., 0., 0., 0.]);
 }

@@ -1,0 +1,645 @@
+//! 2-D convolution (square kernel, no bias, groups 1) on the CPU as one gemm per frame that
+//! writes straight into the NCHW output, with a backward pass of the same form.
+//!
+//! candle 0.11's CPU `conv2d` copies layouts around its gemm, and its backward computes the input
+//! gradient with a naive `conv_transpose2d` loop and the kernel gradient with a conv whose kernel
+//! is a whole output map: training a ResNet spent most of its time there. Here, per frame,
+//! `y[O, L] = W[O, C*k*k] @ cols[C*k*k, L]` where `cols` is the frame's im2col (the frame itself
+//! for a stride-1 1x1 conv); backward is `gcols = W^T @ g` folded back by col2im, and
+//! `gW += g @ cols^T` with `cols` recomputed rather than kept, so training memory stays at what
+//! candle's own conv keeps (the input). Frames are split into one contiguous group per thread,
+//! each running single-threaded gemms, so the split (and any sum over frames) is deterministic.
+//! Other devices and dtypes go to candle's `conv2d`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+
+use crate::ops::{cpu_kernel, cpu_slice};
+use rayon::prelude::*;
+
+/// `x [N, C, H, W]` convolved with `w [O, C, k, k]`, zero padding `padding`, stride `stride`.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if !cpu_kernel(x) {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    let op = Conv::new(x, w, stride, padding, Epilogue::None)?;
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// Inference only (no backward): `conv2d(x, w) + bias`, then leaky ReLU (slope `LEAKY_SLOPE`)
+/// when `leaky`, applied while the output is still in cache.
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    leaky: bool,
+) -> Result<Tensor> {
+    if !cpu_kernel(x) {
+        let y = x
+            .conv2d(w, padding, stride, 1, 1)?
+            .broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+        return if leaky {
+            crate::ops::leaky_relu(&y)
+        } else {
+            Ok(y)
+        };
+    }
+    let op = Conv::new(x, w, stride, padding, Epilogue::Bias { leaky })?;
+    x.contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op)
+}
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn new(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Self> {
+        let (n, c, h, wd) = x.dims4()?;
+        let (o, c2, k, k2) = w.dims4()?;
+        if c != c2 || k != k2 || k == 0 || stride == 0 {
+            candle_core::bail!(
+                "conv2d: input {:?} and kernel {:?} (stride {stride}) do not fit: need \
+                 [N, C, H, W] and a square [O, C, k, k]",
+                x.dims(),
+                w.dims()
+            )
+        }
+        if h + 2 * pad < k || wd + 2 * pad < k {
+            candle_core::bail!(
+                "conv2d: input {:?} padded by {pad} is smaller than the {k}x{k} kernel",
+                x.dims()
+            )
+        }
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (wd + 2 * pad - k) / stride + 1;
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
+    }
+
+    /// Rows of a frame's im2col matrix (= columns of the flattened kernel).
+    fn kk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// Output positions per frame.
+    fn l(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn frame_in(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    fn frame_out(&self) -> usize {
+        self.o * self.l()
+    }
+
+    /// A stride-1 1x1 conv: the frame `[C, H*W]` is its own im2col.
+    fn direct(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// The output columns `[lo, hi)` whose input column `ow*stride + kj - pad` is inside the
+    /// image (the others read zero padding).
+    fn valid_cols(&self, kj: usize) -> (usize, usize) {
+        let lo = self
+            .pad
+            .saturating_sub(kj)
+            .div_ceil(self.stride)
+            .min(self.wo);
+        let hi = (self.w + self.pad)
+            .saturating_sub(kj)
+            .div_ceil(self.stride)
+            .clamp(lo, self.wo);
+        (lo, hi)
+    }
+
+    /// The input row read by output row `oh` at kernel row `ki`, if inside the image.
+    fn in_row(&self, oh: usize, ki: usize) -> Option<usize> {
+        (oh * self.stride + ki)
+            .checked_sub(self.pad)
+            .filter(|&r| r < self.h)
+    }
+
+    /// Frames per thread group, and the number of groups.
+    fn groups(&self) -> (usize, usize) {
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let per = self.n.div_ceil(threads).max(1);
+        (per, self.n.div_ceil(per))
+    }
+
+    /// gemm's own threading when there are fewer frames than threads, none otherwise.
+    fn gemm_par(&self) -> Parallelism {
+        let threads = candle_core::utils::get_num_threads();
+        if self.n < threads {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        }
+    }
+}
+
+/// The element types the fast path runs in.
+trait Elem: candle_core::WithDType {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+/// One frame `[C, H, W]` -> its im2col `[C*k*k, Ho*Wo]`, row `(c*k + ki)*k + kj` starting at
+/// `dst[row * row_stride]` (a stride above `Ho*Wo` interleaves several frames' columns).
+fn im2col<T: Elem>(g: &Geom, src: &[T], dst: &mut [T], row_stride: usize) {
+    let (k, l, hw) = (g.k, g.l(), g.h * g.w);
+    for row in 0..g.kk() {
+        let out = &mut dst[row * row_stride..row * row_stride + l];
+        let (c, ki, kj) = (row / (k * k), (row / k) % k, row % k);
+        let plane = &src[c * hw..(c + 1) * hw];
+        let (lo, hi) = g.valid_cols(kj);
+        for (oh, orow) in out.chunks_exact_mut(g.wo).enumerate() {
+            let Some(ih) = g.in_row(oh, ki) else {
+                orow.fill(T::zero());
+                continue;
+            };
+            let irow = &plane[ih * g.w..(ih + 1) * g.w];
+            orow[..lo].fill(T::zero());
+            orow[hi..].fill(T::zero());
+            // lo*stride + kj >= pad by construction of `lo`
+            let first = lo * g.stride + kj - g.pad;
+            if g.stride == 1 {
+                orow[lo..hi].copy_from_slice(&irow[first..first + hi - lo]);
+            } else {
+                for (o, i) in orow[lo..hi]
+                    .iter_mut()
+                    .zip(irow[first..].iter().step_by(g.stride))
+                {
+                    *o = *i;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it was read from.
+/// `dst` (one frame `[C, H, W]`) must start at zero.
+fn col2im<T: Elem>(g: &Geom, cols: &[T], row_stride: usize, dst: &mut [T]) {
+    let (k, l) = (g.k, g.l());
+    for (c, plane) in dst.chunks_exact_mut(g.h * g.w).enumerate() {
+        for ki in 0..k {
+            for kj in 0..k {
+                let row = (c * k + ki) * k + kj;
+                let src = &cols[row * row_stride..row * row_stride + l];
+                let (lo, hi) = g.valid_cols(kj);
+                for (oh, srow) in src.chunks_exact(g.wo).enumerate() {
+                    let Some(ih) = g.in_row(oh, ki) else {
+                        continue;
+                    };
+                    let irow = &mut plane[ih * g.w..(ih + 1) * g.w];
+                    let first = lo * g.stride + kj - g.pad;
+                    for (i, s) in irow[first..]
+                        .iter_mut()
+                        .step_by(g.stride)
+                        .zip(&srow[lo..hi])
+                    {
+                        *i += *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Output columns per gemm: on small maps several frames share one gemm, whose efficiency
+/// collapses when it is only a few columns wide (ResNet's last stage at 64 px has 2x2 maps).
+const GEMM_COLS: usize = 1024;
+
+/// A run of `f` frames from `first` that share one gemm.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    first: usize,
+    f: usize,
+}
+
+impl Geom {
+    /// The chunks of the frames of thread group `grp`.
+    fn chunks(&self, grp: usize) -> impl Iterator<Item = Chunk> {
+        let (per, _) = self.groups();
+        let (a, b) = (grp * per, ((grp + 1) * per).min(self.n));
+        let f = GEMM_COLS.div_ceil(self.l().max(1)).clamp(1, per);
+        (a..b).step_by(f).map(move |first| Chunk {
+            first,
+            f: f.min(b - first),
+        })
+    }
+
+    /// Scratch elements for the largest chunk's im2col `[C*k*k, f*L]`.
+    fn cols_len(&self) -> usize {
+        let (per, _) = self.groups();
+        let f = GEMM_COLS.div_ceil(self.l().max(1)).clamp(1, per);
+        if self.direct() && f == 1 {
+            0
+        } else {
+            self.kk() * f * self.l()
+        }
+    }
+
+    /// The im2col `[C*k*k, f*L]` of chunk `ch` of `x` (frame `j`'s columns at `j*L`), in `buf`
+    /// or, for one frame of a stride-1 1x1 conv, `x` itself.
+    fn cols<'a, T: Elem>(&self, x: &'a [T], ch: Chunk, buf: &'a mut [T]) -> &'a [T] {
+        let fin = self.frame_in();
+        if self.direct() && ch.f == 1 {
+            return &x[ch.first * fin..(ch.first + 1) * fin];
+        }
+        let stride = ch.f * self.l();
+        for j in 0..ch.f {
+            let frame = &x[(ch.first + j) * fin..(ch.first + j + 1) * fin];
+            im2col(self, frame, &mut buf[j * self.l()..], stride);
+        }
+        &buf[..self.kk() * stride]
+    }
+
+    /// The output gradient of chunk `ch` as one `[O, f*L]` matrix, in `buf` when `f > 1`.
+    fn grad_mat<'a, T: Elem>(&self, grad: &'a [T], ch: Chunk, buf: &'a mut Vec<T>) -> Mat<'a, T> {
+        let (l, fout) = (self.l(), self.frame_out());
+        let frames = &grad[ch.first * fout..(ch.first + ch.f) * fout];
+        if ch.f == 1 {
+            return Mat::new(frames, self.o, l);
+        }
+        buf.resize(self.o * ch.f * l, T::zero());
+        for (j, frame) in frames.chunks_exact(fout).enumerate() {
+            for (o, row) in frame.chunks_exact(l).enumerate() {
+                buf[(o * ch.f + j) * l..(o * ch.f + j + 1) * l].copy_from_slice(row);
+            }
+        }
+        Mat::new(buf, self.o, ch.f * l)
+    }
+}
+
+/// A row-major matrix view: `rows x cols` with row stride `rs` and column stride `cs`.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A contiguous `rows x cols` matrix.
+    fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[a.rows, b.cols] (+)= a @ b`, `dst` contiguous; accumulates when `acc`.
+fn matmul<T: Elem>(dst: &mut [T], acc: bool, a: Mat<T>, b: Mat<T>, par: Parallelism) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        a.fits() && b.fits() && b.rows == k && dst.len() >= m * n,
+        "conv2d gemm: operand sizes do not match"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            dst[..m * n].fill(T::zero());
+        }
+        return;
+    }
+    // SAFETY: `fits` and the length check above keep every index gemm forms inside the slices;
+    // `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// What the forward applies to the conv output in place.
+#[derive(Debug, Clone, Copy)]
+enum Epilogue {
+    None,
+    /// `+ bias[o]`, then leaky ReLU when `leaky` (the third operand is the bias).
+    Bias {
+        leaky: bool,
+    },
+}
+
+/// The convolution op (forward; its backward runs [`ConvGradInput`] and [`ConvGradWeight`]).
+#[derive(Debug, Clone, Copy)]
+struct Conv {
+    g: Geom,
+    epilogue: Epilogue,
+}
+
+impl Conv {
+    fn new(x: &Tensor, w: &Tensor, stride: usize, pad: usize, epilogue: Epilogue) -> Result<Self> {
+        Ok(Self {
+            g: Geom::new(x, w, stride, pad)?,
+            epilogue,
+        })
+    }
+
+    fn out_shape(&self) -> Shape {
+        (self.g.n, self.g.o, self.g.ho, self.g.wo).into()
+    }
+
+    fn fwd<T: Elem>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<Vec<T>> {
+        let (x, w) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
+        let bias = bias.map(|(s, l)| cpu_slice::<T>(s, l)).transpose()?;
+        let g = self.g;
+        let (kk, l, fout) = (g.kk(), g.l(), g.frame_out());
+        let mut out = vec![T::zero(); g.n * fout];
+        let (per, _) = g.groups();
+        let par = g.gemm_par();
+        let wm = Mat::new(w, g.o, kk);
+        out.par_chunks_mut(per * fout)
+            .enumerate()
+            .for_each(|(grp, outs)| {
+                let mut cols = vec![T::zero(); g.cols_len()];
+                let mut tmp = Vec::new();
+                for ch in g.chunks(grp) {
+                    let ncols = ch.f * l;
+                    let src = Mat::new(g.cols(x, ch, &mut cols), kk, ncols);
+                    let ys = &mut outs[(ch.first - grp * per) * fout..][..ch.f * fout];
+                    if ch.f == 1 {
+                        matmul(ys, false, wm, src, par);
+                    } else {
+                        // [O, f*L] -> f frames of [O, L]
+                        tmp.resize(g.o * ncols, T::zero());
+                        matmul(&mut tmp, false, wm, src, par);
+                        for (j, y) in ys.chunks_exact_mut(fout).enumerate() {
+                            for (o, row) in y.chunks_exact_mut(l).enumerate() {
+                                row.copy_from_slice(&tmp[o * ncols + j * l..][..l]);
+                            }
+                        }
+                    }
+                    if let (Epilogue::Bias { leaky }, Some(b)) = (self.epilogue, bias) {
+                        for y in ys.chunks_exact_mut(fout) {
+                            apply_bias(y, b, l, leaky);
+                        }
+                    }
+                }
+            });
+        Ok(out)
+    }
+}
+
+fn apply_bias<T: Elem>(y: &mut [T], bias: &[T], l: usize, leaky: bool) {
+    let slope = T::from_f64(crate::ops::LEAKY_SLOPE);
+    for (row, &b) in y.chunks_exact_mut(l).zip(bias) {
+        if leaky {
+            for v in row {
+                let s = *v + b;
+                *v = if s > T::zero() { s } else { s * slope };
+            }
+        } else {
+            for v in row {
+                *v += b;
+            }
+        }
+    }
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, None));
+        Ok((out, self.out_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = grad.apply_op2_no_bwd(w, &ConvGradInput(self.g))?;
+        let gw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.g))?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l3.shape().elem_count() != self.g.o {
+            candle_core::bail!("conv2d: bias {:?} for {} channels", l3.dims(), self.g.o)
+        }
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, Some((s3, l3))));
+        Ok((out, self.out_shape()))
+    }
+}
+
+/// `dL/dx` from `(dL/dy, w)`.
+#[derive(Debug, Clone, Copy)]
+struct ConvGradInput(Geom);
+
+impl ConvGradInput {
+    fn fwd<T: Elem>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<Vec<T>> {
+        let (grad, w) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
+        let g = self.0;
+        let (kk, l, fin) = (g.kk(), g.l(), g.frame_in());
+        let mut gx = vec![T::zero(); g.n * fin];
+        let (per, _) = g.groups();
+        let par = g.gemm_par();
+        let wt = Mat::new(w, g.o, kk).t();
+        gx.par_chunks_mut(per * fin)
+            .enumerate()
+            .for_each(|(grp, gxs)| {
+                let mut cols = vec![T::zero(); g.cols_len()];
+                let mut gbuf = Vec::new();
+                for ch in g.chunks(grp) {
+                    let gm = g.grad_mat(grad, ch, &mut gbuf);
+                    let gxc = &mut gxs[(ch.first - grp * per) * fin..][..ch.f * fin];
+                    if g.direct() && ch.f == 1 {
+                        matmul(gxc, false, wt, gm, par);
+                        continue;
+                    }
+                    let ncols = ch.f * l;
+                    matmul(&mut cols[..kk * ncols], false, wt, gm, par);
+                    for (j, gxn) in gxc.chunks_exact_mut(fin).enumerate() {
+                        col2im(&g, &cols[j * l..], ncols, gxn);
+                    }
+                }
+            });
+        Ok(gx)
+    }
+}
+
+impl CustomOp2 for ConvGradInput {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2));
+        Ok((out, (g.n, g.c, g.h, g.w).into()))
+    }
+}
+
+/// `dL/dw` from `(x, dL/dy)`: per-group partial sums over frames, then summed in group order.
+#[derive(Debug, Clone, Copy)]
+struct ConvGradWeight(Geom);
+
+impl ConvGradWeight {
+    fn fwd<T: Elem>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<Vec<T>> {
+        let (x, grad) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
+        let g = self.0;
+        let (kk, l) = (g.kk(), g.l());
+        let (_, groups) = g.groups();
+        let par = g.gemm_par();
+        let partials: Vec<Vec<T>> = (0..groups)
+            .into_par_iter()
+            .map(|grp| {
+                let mut gw = vec![T::zero(); g.o * kk];
+                let mut cols = vec![T::zero(); g.cols_len()];
+                let mut gbuf = Vec::new();
+                for ch in g.chunks(grp) {
+                    let gm = g.grad_mat(grad, ch, &mut gbuf);
+                    let src = Mat::new(g.cols(x, ch, &mut cols), kk, ch.f * l);
+                    matmul(&mut gw, true, gm, src.t(), par);
+                }
+                gw
+            })
+            .collect();
+        let mut it = partials.into_iter();
+        let mut total = it.next().unwrap_or_else(|| vec![T::zero(); g.o * kk]);
+        for p in it {
+            for (t, v) in total.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl CustomOp2 for ConvGradWeight {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2));
+        Ok((out, (g.o, g.c, g.k, g.k).into()))
+    }
+}
