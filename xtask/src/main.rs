@@ -5,6 +5,7 @@
 //! so that the README's two commands do everything.
 
 mod bench;
+mod fuzz;
 mod python;
 mod setup;
 mod test;
@@ -44,6 +45,16 @@ enum Cmd {
     ConvertWeights {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Fuzz the `.pdparams` reader with cargo-fuzz (libFuzzer), from real paddle.save files,
+    /// with the memory limits enforced (installs cargo-fuzz when missing).
+    Fuzz {
+        /// Executions to run (libFuzzer `-runs`).
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: u64,
+        /// Extra libFuzzer flags, e.g. `-jobs=2` or `-max_total_time=600`.
+        #[arg(last = true)]
+        libfuzzer_args: Vec<String>,
     },
     /// Benchmarks, each against its baseline in the same run; prints a table of ratios.
     Bench {
@@ -93,6 +104,10 @@ fn run() -> Result<()> {
                 .args(["convert-weights", "--"])
                 .args(args),
         ),
+        Cmd::Fuzz {
+            runs,
+            libfuzzer_args,
+        } => fuzz::run(runs, &libfuzzer_args),
         Cmd::Bench {
             what: BenchWhat::Pipeline { quick },
         } => bench::pipeline(quick),

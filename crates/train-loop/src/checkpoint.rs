@@ -51,12 +51,19 @@ pub fn epoch_stem(epoch: usize) -> String {
     format!("epoch_{epoch:05}")
 }
 
+/// Test hook: milliseconds to sleep between writing a temporary checkpoint file and renaming
+/// it, so that tests can kill a run in the middle of a checkpoint write.
+pub const PAUSE_ENV: &str = "TRAIN_LOOP_TEST_CHECKPOINT_PAUSE_MS";
+
 /// Runs `write` on a temporary path beside `path`, then fsyncs it and renames it to `path`.
 fn atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     write(&tmp)?;
+    if let Some(ms) = std::env::var(PAUSE_ENV).ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(io(&tmp))?;
@@ -81,6 +88,24 @@ pub fn save(
     train_config_json: &str,
 ) -> Result<()> {
     let (model_path, state_path) = checkpoint_paths(dir, stem);
+    // A diverged model must not replace good checkpoints (the loss check catches most
+    // divergence, but not an update after the last loss of an epoch).
+    for (name, t) in model {
+        let values = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        if !values.iter().all(|v| v.is_finite()) {
+            return Err(Error::Checkpoint {
+                path: model_path,
+                msg: format!(
+                    "`{name}` holds NaN or infinite values after epoch {}: training diverged, \
+                     not saved (earlier checkpoints are kept)",
+                    state.epoch
+                ),
+            });
+        }
+    }
     let step = state.global_step.to_string();
     let meta: BTreeMap<String, String> = [
         (CONFIG_METADATA_KEY.to_string(), json(cfg, &model_path)?),

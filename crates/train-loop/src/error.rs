@@ -70,12 +70,6 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
-    /// Nothing to resume from.
-    #[error("{dir}: no complete checkpoint to resume from")]
-    NothingToResume {
-        /// The run directory.
-        dir: PathBuf,
-    },
     /// The training list gives no full batch.
     #[error("{path}: {samples} samples make no batch of {batch_size}")]
     EmptyEpoch {
@@ -87,7 +81,10 @@ pub enum Error {
         batch_size: usize,
     },
     /// The loss became NaN or infinite.
-    #[error("loss is {loss} at epoch {epoch}, iteration {iter}")]
+    #[error(
+        "training diverged: loss is {loss} at epoch {epoch}, iteration {iter} (checkpoints of \
+         earlier epochs are kept; a lower learning rate may help)"
+    )]
     NonFiniteLoss {
         /// The loss.
         loss: f32,

@@ -165,8 +165,12 @@ impl Trainer {
             best_epoch: 0,
         };
         let mut notes = Vec::new();
-        if resume {
-            let loaded = latest_checkpoint(&out, &device, &mut notes)?;
+        let loaded = if resume {
+            latest_checkpoint(&out, &device, &mut notes)?
+        } else {
+            None
+        };
+        if let Some(loaded) = loaded {
             let (_, tensors) = read_checkpoint(&loaded.model_path, &device)?;
             load_into(&varmap, &tensors, &loaded.model_path, false, &mut notes)?;
             optimizer
@@ -802,18 +806,21 @@ fn load_into(
 }
 
 /// The newest checkpoint of `dir` whose model and state agree; torn ones are noted and skipped.
+/// None (noted) when there is none: a run killed before its first checkpoint starts over.
 fn latest_checkpoint(
     dir: &Path,
     device: &Device,
     notes: &mut Vec<String>,
-) -> Result<checkpoint::LoadedState> {
+) -> Result<Option<checkpoint::LoadedState>> {
     for epoch in checkpoint::epoch_checkpoints(dir) {
         match checkpoint::load(dir, &epoch_stem(epoch), device) {
-            Ok(l) => return Ok(l),
+            Ok(l) => return Ok(Some(l)),
             Err(e) => notes.push(format!("skipping checkpoint of epoch {epoch}: {e}")),
         }
     }
-    Err(Error::NothingToResume {
-        dir: dir.to_path_buf(),
-    })
+    notes.push(format!(
+        "no complete checkpoint in {} to resume from: starting from the beginning",
+        dir.display()
+    ));
+    Ok(None)
 }

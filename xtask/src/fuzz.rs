@@ -1,0 +1,62 @@
+//! `cargo xtask fuzz`: the long libFuzzer run over the `.pdparams` reader (the short one is
+//! crates/paddle-weights/tests/hostile.rs, in the normal suite).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{project_root, run_cmd};
+
+/// Heap limits given to libFuzzer: the whole process (the target itself checks the
+/// per-input bound of 64 bytes per input byte), and any single allocation.
+const RSS_LIMIT_MB: u32 = 512;
+const MALLOC_LIMIT_MB: u32 = 64;
+/// Inputs up to 64 KiB: 40 times the seeds, enough for every opcode with long payloads.
+const MAX_LEN: u32 = 65536;
+
+pub fn run(runs: u64, extra: &[String]) -> Result<()> {
+    let root = project_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let has_fuzz = Command::new(&cargo)
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        run_cmd(Command::new(&cargo).args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    let fuzz_dir = root.join("crates/paddle-weights/fuzz");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("fuzz");
+    let corpus = target.join("corpus/pdparams");
+    let artifacts = target.join("artifacts/pdparams");
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    let mut artifact_prefix = OsString::from("-artifact_prefix=");
+    artifact_prefix.push(&artifacts);
+    artifact_prefix.push("/");
+    run_cmd(
+        Command::new(&cargo)
+            .current_dir(&root)
+            // cargo-fuzz passes -Z flags: allowed on the pinned stable toolchain this way.
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", "--fuzz-dir"])
+            .arg(&fuzz_dir)
+            .arg("--target-dir")
+            .arg(target.join("build"))
+            .arg("pdparams")
+            .arg(&corpus)
+            .arg(fuzz_dir.join("seeds"))
+            .arg("--")
+            .arg(format!("-runs={runs}"))
+            .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+            .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
+            .arg(format!("-max_len={MAX_LEN}"))
+            .arg("-timeout=10")
+            .arg("-print_final_stats=1")
+            .arg(artifact_prefix)
+            .args(extra),
+    )
+}
