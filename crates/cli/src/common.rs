@@ -388,20 +388,25 @@ const VIDEO_EXTENSIONS: &[&str] = &[
 ];
 
 /// The videos named on the command line: files as given, folders walked recursively for
-/// video extensions (sorted). A path that does not exist is an error.
-pub fn collect_videos(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// video extensions (sorted). A path that does not exist is an error; a folder without any
+/// video is returned in the second list (a folder of frames, say), for the caller to report.
+pub fn collect_videos(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut out = Vec::new();
+    let mut empty = Vec::new();
     for p in inputs {
         let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
         if meta.is_dir() {
             let before = out.len();
             walk(p, &mut out)?;
             out[before..].sort();
+            if out.len() == before {
+                empty.push(p.clone());
+            }
         } else {
             out.push(p.clone());
         }
     }
-    Ok(out)
+    Ok((out, empty))
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {

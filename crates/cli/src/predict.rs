@@ -48,7 +48,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
-    let videos = collect_videos(&args.inputs)?;
+    let (videos, empty_dirs) = collect_videos(&args.inputs)?;
     let classifier = Classifier::new(&args.weights, global, &args.views, args.batch)?;
     let labels = Labels::load(
         args.labels.as_ref(),
@@ -58,6 +58,18 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let started = Instant::now();
     let mut failed = Vec::new();
     let stdout = std::io::stdout();
+    for dir in &empty_dirs {
+        let reason = "no video files in this folder (a folder of frames needs `tsm-cli eval \
+                      --format frames`)";
+        if args.json {
+            println!(
+                "{}",
+                json!({"path": dir.display().to_string(), "error": reason})
+            );
+        }
+        eprintln!("tsm-cli: skipped {}: {reason}", dir.display());
+        failed.push(dir);
+    }
     for chunk in videos.chunks(classifier.videos_per_step()) {
         let locations: Vec<_> = chunk.iter().cloned().map(SampleLocation::Video).collect();
         let results = classifier.classify(&locations)?;
@@ -107,11 +119,12 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         out.flush()?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let inputs = videos.len() + empty_dirs.len();
     eprintln!(
         "predicted {} of {} videos in {secs:.1} s ({:.1} clips/s){}",
-        videos.len() - failed.len(),
-        videos.len(),
-        ((videos.len() - failed.len()) * classifier.clips_per_video()) as f64 / secs.max(1e-9),
+        inputs - failed.len(),
+        inputs,
+        ((inputs - failed.len()) * classifier.clips_per_video()) as f64 / secs.max(1e-9),
         if failed.is_empty() {
             String::new()
         } else {

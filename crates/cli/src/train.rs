@@ -18,14 +18,23 @@ Examples:
 The run directory (output.dir, or --output) receives config.toml (the resolved configuration),
 metrics.jsonl (every step, epoch and validation), curves.png (its charts, as `tsm-cli plot`
 draws them), epoch_NNNNN.safetensors checkpoints with their .state.safetensors training state,
-and best.safetensors. --resume continues from the newest
-complete checkpoint there; with the same seed and thread count (RAYON_NUM_THREADS,
+and best.safetensors. --resume continues from the newest complete checkpoint there (from the
+beginning when there is none yet, so a run killed at any moment, even while writing a
+checkpoint, can be resumed); with the same seed and thread count (RAYON_NUM_THREADS,
 data.num_workers) the result is bit-identical to an uninterrupted run.
 
 Data parallel: started by mpirun, srun or a torchrun-style launcher (several processes), each
 process trains on its shard with data.batch_size samples per step, gradients are averaged over
 the processes and only rank 0 writes the run directory (which all ranks must see, for --resume).
-A checkpoint resumes with any number of processes. See docs/distributed.md.";
+A checkpoint resumes with any number of processes. See docs/distributed.md.
+
+Samples that fail to load (broken videos, missing frames) are skipped, each named in a warning
+on stderr and counted in every epoch summary; more than data.max_failed_fraction of an epoch
+stops the run. A NaN or infinite loss stops it naming the epoch and iteration, leaving the
+checkpoints of earlier epochs as they were. The output folder is created (and written to) before
+training starts, so an unwritable one is reported at once.
+
+Exit status: 0 done; 2 done but some samples were skipped; 1 stopped by an error.";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -92,8 +101,16 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         } else {
             String::new()
         };
+        let skipped = if summary.failed > 0 {
+            format!(
+                "; {} sample loads skipped over all epochs (each named in a warning above)",
+                summary.failed
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "done: {} epochs{best}; final weights {}",
+            "done: {} epochs{best}; final weights {}{skipped}",
             summary.epochs,
             summary.final_checkpoint.display()
         );
