@@ -103,15 +103,16 @@ fn killed_at_random_moments_and_resumed_is_bit_identical() {
     finish(spawn(&cfg_a, false, 0, &tmp.path().join("a.log")));
     println!("uninterrupted run: {:.1}s", started.elapsed().as_secs_f64());
 
-    // Every kind of moment, in a seeded random order, mid-epoch ones at random steps.
+    // First a kill in epoch 2 (6 steps an epoch), so that later runs resume from a checkpoint;
+    // then every kind of moment in a seeded random order, mid-epoch ones at random steps.
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let mut plan = vec![
-        Moment::Steps(rng.random_range(1..=8)),
-        Moment::Steps(rng.random_range(1..=8)),
+        Moment::Steps(rng.random_range(1..=5)),
         Moment::ModelWrite,
         Moment::StateWrite,
     ];
     plan.shuffle(&mut rng);
+    plan.insert(0, Moment::Steps(rng.random_range(7..=11)));
     let mut kills = Vec::new();
     let mut finished = false;
     for moment in plan {
