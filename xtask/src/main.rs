@@ -5,6 +5,7 @@
 //! so that the README's two commands do everything.
 
 mod bench;
+mod demo;
 mod fuzz;
 mod python;
 mod setup;
@@ -25,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Build, generate clips whose classes differ only in frame order, train a small TSM on the
+    /// CPU, evaluate it, predict one clip and say where the outputs are (a few minutes).
+    Demo,
     /// Find missing system pieces (FFmpeg dev libraries, libclang, the ffmpeg CLI, Python venv)
     /// and install them with apt-get when running as root on Debian/Ubuntu.
     Setup {
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Demo => demo::run(),
         Cmd::Setup { mpi } => setup::run(mpi),
         Cmd::Test { cargo_args } => test::run(&cargo_args),
         Cmd::ConvertWeights { args } => run_cmd(

@@ -19,7 +19,7 @@ struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Frame width and height in pixels (even).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     size: u32,
     /// Frames per clip: the model's segment count, so every frame is sampled.
     #[arg(long, default_value_t = 8)]

@@ -77,7 +77,7 @@ pub struct MotionSpec {
 impl Default for MotionSpec {
     fn default() -> Self {
         Self {
-            size: 64,
+            size: 32,
             frames: 8,
             train_per_class: 32,
             val_per_class: 16,
