@@ -237,7 +237,7 @@ pub fn pipeline(quick: bool) -> Result<()> {
         "--example",
         "pipeline_bench",
     ]))?;
-    let ours = project_root().join("target/release/examples/pipeline_bench");
+    let ours = target_dir().join("release/examples/pipeline_bench");
     let script = project_root().join("tests/bench/pipeline_baselines.py");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ucf_n, k_n) = if quick { (8, 2) } else { (40, 6) };
@@ -325,9 +325,7 @@ pub fn scale(steps: usize) -> Result<()> {
         "--features",
         "mpi",
     ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| project_root().join("target"), PathBuf::from);
-    let tsm = target.join("release/tsm-cli");
+    let tsm = target_dir().join("release/tsm-cli");
     let dir = project_root().join("target/bench/scale");
     std::fs::create_dir_all(&dir)?;
     let global_batch = 8;
@@ -458,4 +456,104 @@ dir = "unused"
 "#,
         list = list.display(),
     )
+}
+
+/// The cargo target folder (`CARGO_TARGET_DIR` or `target/`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+}
+
+/// Runs the model benchmark and prints the table and our eval profile.
+pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
+    let python = python::venv_python()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd(Command::new(&cargo).current_dir(project_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "tsm-model",
+        "--example",
+        "model_bench",
+    ]))?;
+    let ours = target_dir().join("release/examples/model_bench");
+    let script = project_root().join("tests/bench/model_baselines.py");
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .to_string();
+    // (label, mode, batch, timed iterations): R50, 8 frames, 224 px
+    let cases = [
+        ("eval, batch 1", "eval", 1, if quick { 2 } else { 6 }),
+        ("eval, batch 8", "eval", 8, if quick { 1 } else { 2 }),
+        ("train step, batch 2", "train", 2, if quick { 1 } else { 3 }),
+    ];
+    let mut rows = Vec::new();
+    for (label, mode, batch, iters) in cases {
+        let args = [mode.to_string(), "50".into(), "8".into(), "224".into()]
+            .into_iter()
+            .chain([batch.to_string(), iters.to_string()]);
+        let args: Vec<String> = args.collect();
+        let paddle = measure(
+            Command::new(&python)
+                .arg(&script)
+                .args(&args)
+                .env("OMP_NUM_THREADS", &threads)
+                .env("MKL_NUM_THREADS", &threads)
+                .env("FLAGS_use_onednn", "1"),
+        )?;
+        let rs = measure(
+            Command::new(&ours)
+                .args(&args)
+                .env("RAYON_NUM_THREADS", &threads),
+        )?;
+        rows.push((label, paddle, rs));
+    }
+    println!(
+        "\nmodel benchmark: PP-TSM R50, 8 frames x 224, random weights, {threads} thread(s) each, \
+         {} ({} cores)",
+        cpu_name(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "| measurement | Paddle 3.3.1 (oneDNN) clips/s | tsm-rs clips/s | ratio | Paddle peak RSS MB \
+         | tsm-rs peak RSS MB | RSS ratio |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (label, p, r) in &rows {
+        println!(
+            "| {label} | {:.3} | {:.3} | {:.2}x | {:.0} | {:.0} | {:.2} |",
+            p.clips_per_s(),
+            r.clips_per_s(),
+            r.clips_per_s() / p.clips_per_s(),
+            p.peak_rss_mb,
+            r.peak_rss_mb,
+            r.peak_rss_mb / p.peak_rss_mb
+        );
+    }
+    // the per-layer profile of one batch-1 eval forward (printed by the bench binary on stderr)
+    let out = Command::new(&ours)
+        .args(["eval", "50", "8", "224", "1", "0", "--profile"])
+        .env("RAYON_NUM_THREADS", &threads)
+        .output()
+        .context("running the profile")?;
+    if !out.status.success() {
+        bail!(
+            "profile run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("{}", String::from_utf8_lossy(&out.stderr).trim_end());
+    Ok(())
+}
+
+/// The CPU model from /proc/cpuinfo, for the table's caption.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }

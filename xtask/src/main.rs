@@ -83,6 +83,16 @@ enum BenchWhat {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// PP-TSM R50, 8 frames at 224: eval (batch 1 and 8) and a training step (batch 2), ours
+    /// against Paddle 3.3.1 on the CPU with the same thread count; then our per-layer profile.
+    Model {
+        /// One timed iteration per measurement instead of several.
+        #[arg(long)]
+        quick: bool,
+        /// Threads for both sides (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,6 +129,9 @@ fn run() -> Result<()> {
         Cmd::Bench {
             what: BenchWhat::Scale { steps },
         } => bench::scale(steps),
+        Cmd::Bench {
+            what: BenchWhat::Model { quick, threads },
+        } => bench::model(quick, threads),
     }
 }
 
