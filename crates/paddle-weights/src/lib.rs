@@ -118,6 +118,17 @@ pub enum ParseError {
     Entry(String, String),
 }
 
+/// The reader's memory guarantee: parsing `input_len` bytes never holds more heap than this.
+///
+/// One opcode byte can push one value onto the unpickler's stack, and a growing `Vec` briefly
+/// holds its old and new buffers, so the figure per input byte is a few stack slots (found by
+/// cargo-fuzz: 1252 bytes of `EMPTY_LIST`/`EMPTY_DICT` opcodes peak at ~200 KiB). The fixed part
+/// covers first allocations and small tables. `tests/hostile.rs` and the fuzz target check it.
+pub fn max_heap_bytes(input_len: usize) -> usize {
+    const STACK_SLOTS_PER_INPUT_BYTE: usize = 8;
+    STACK_SLOTS_PER_INPUT_BYTE * std::mem::size_of::<Value>() * input_len + (64 << 10)
+}
+
 /// Parses `.pdparams` bytes into named arrays.
 ///
 /// The arrays hold at most the file's bytes: a key given twice is an error, and so is an array

@@ -9,17 +9,13 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use paddle_weights::{parse_pdparams, ParseError};
+use paddle_weights::{max_heap_bytes, parse_pdparams, ParseError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use test_support::{peak_alloc_during, CountingAlloc};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
-
-/// Heap bytes allowed per input byte, plus a fixed allowance; the fuzz target checks the same.
-const BYTES_PER_INPUT_BYTE: usize = 64;
-const FIXED_ALLOWANCE: usize = 64 << 10;
 
 /// The allocation counter is process-wide: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -43,7 +39,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
 /// Parses `data`, asserting the memory bound; returns the result.
 fn parse_bounded(data: &[u8], what: &str) -> Result<usize, ParseError> {
     let (result, peak) = peak_alloc_during(|| parse_pdparams(data).map(|a| a.len()));
-    let bound = BYTES_PER_INPUT_BYTE * data.len() + FIXED_ALLOWANCE;
+    let bound = max_heap_bytes(data.len());
     assert!(
         peak <= bound,
         "{what}: {peak} heap bytes for {} input bytes (bound {bound})",
@@ -138,6 +134,24 @@ fn mutated_real_files_fail_cleanly_within_the_memory_bound() {
         "{cases} mutated inputs ({parsed} still parsed) in {:.2}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Found by cargo-fuzz: a file that is almost all `EMPTY_LIST` and `EMPTY_DICT` opcodes pushes a
+/// value per byte; the stack's growth, not a length claim, sets the peak (the bound was too tight
+/// for it at 64 bytes per input byte).
+#[test]
+fn a_stack_of_empty_containers_stays_within_the_bound() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for n in [100, 1252, 5000, 40_000] {
+        let mut data = b"\x80\x04}(".to_vec();
+        data.extend((0..n).map(|i| if i % 3 == 0 { b'}' } else { b']' }));
+        data.push(b'.');
+        // STOP takes the last container: an empty dict (no arrays) or a list (not a dict)
+        match parse_bounded(&data, &format!("{n} empty containers")) {
+            Ok(0) | Err(ParseError::Structure(_)) => {}
+            other => panic!("{n}: {other:?}"),
+        }
+    }
 }
 
 /// `SHORT_BINUNICODE`.

@@ -1,6 +1,6 @@
 //! libFuzzer target for the `.pdparams` reader: any bytes give arrays or an error, never a
-//! panic, a hang or a heap beyond 64 bytes per input byte (plus 64 KiB), the bound
-//! tests/hostile.rs checks in the normal suite. Run with `cargo xtask fuzz` (seeds: `seeds/`,
+//! panic, a hang or a heap beyond `paddle_weights::max_heap_bytes`, the bound tests/hostile.rs
+//! checks in the normal suite. Run with `cargo xtask fuzz` (seeds: `seeds/`,
 //! real `paddle.save` files written by make_seeds.py).
 #![no_main]
 
@@ -11,7 +11,7 @@ static ALLOC: CountingAlloc = CountingAlloc;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let (_, peak) = peak_alloc_during(|| paddle_weights::parse_pdparams(data).map(|a| a.len()));
-    let bound = 64 * data.len() + (64 << 10);
+    let bound = paddle_weights::max_heap_bytes(data.len());
     assert!(
         peak <= bound,
         "{peak} heap bytes for {} input bytes",
