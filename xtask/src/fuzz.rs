@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::{project_root, run_cmd};
 
 /// Heap limits given to libFuzzer: the whole process (the target itself checks the
-/// per-input bound of 64 bytes per input byte), and any single allocation.
+/// per-input bound, `paddle_weights::max_heap_bytes`), and any single allocation.
 const RSS_LIMIT_MB: u32 = 512;
 const MALLOC_LIMIT_MB: u32 = 64;
 /// Inputs up to 64 KiB: 40 times the seeds, enough for every opcode with long payloads.
