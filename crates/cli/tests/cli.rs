@@ -5,12 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
+use common::{s, text, tsm};
 use serde_json::Value;
 use test_support::motion::{self, Motion, MotionSpec};
 use test_support::{ffmpeg, media};
@@ -108,18 +109,6 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn tsm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// Runs a command expected to stop with an error: exit status 1 and one line on stderr that
 /// contains every one of `needles`.
 fn check_error(args: &[&str], needles: &[&str]) {
@@ -131,10 +120,6 @@ fn check_error(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "{args:?}: `{n}` missing from: {err}");
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// `predict --json --topk CLASSES` over `paths`: each line's object.

@@ -17,13 +17,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
+use common::{s, text, tsm};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -212,22 +215,6 @@ fn corpus() -> &'static Corpus {
             unrotated,
         }
     })
-}
-
-fn tsm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A `path label` (or `path 8 label` for frames) list of `entries`, labels cycling.

@@ -63,3 +63,20 @@ pub fn val_top1(run: &Path) -> Vec<f64> {
         .map(|v| v["top1"].as_f64().unwrap())
         .collect()
 }
+
+/// Runs the real `tsm-cli` binary (no backtraces: errors must read as users see them).
+pub fn tsm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
