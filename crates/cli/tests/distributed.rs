@@ -295,8 +295,15 @@ fn rank_pid(parent: u32, rank: usize) -> Option<u32> {
     })
 }
 
+/// Whichever rank dies, rank 0 (which writes the run directory) or another, the job ends.
 #[test]
 fn a_killed_rank_stops_the_whole_job() {
+    for rank in [1, 0] {
+        kill_rank_while_training(rank);
+    }
+}
+
+fn kill_rank_while_training(rank: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path());
     let out = tmp.path().join("killed");
@@ -313,7 +320,7 @@ fn a_killed_rank_stops_the_whole_job() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // Wait until the ranks train together (rank 0 logged a step), then kill rank 1.
+    // Wait until the ranks train together (rank 0 logged a step), then kill one.
     let deadline = Instant::now() + Duration::from_secs(120);
     let steps = out.join("metrics.jsonl");
     while !std::fs::read_to_string(&steps).is_ok_and(|t| t.contains(r#""kind":"step""#)) {
@@ -321,7 +328,7 @@ fn a_killed_rank_stops_the_whole_job() {
         assert!(Instant::now() < deadline, "no step within 120 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let victim = rank_pid(child.id(), 1).expect("rank 1 among mpirun's children");
+    let victim = rank_pid(child.id(), rank).expect("the rank among mpirun's children");
     Command::new("kill")
         .args(["-KILL", &victim.to_string()])
         .status()
@@ -333,16 +340,19 @@ fn a_killed_rank_stops_the_whole_job() {
         }
         if killed.elapsed() > Duration::from_secs(60) {
             child.kill().unwrap();
-            panic!("the job still runs 60 s after rank 1 was killed");
+            panic!("the job still runs 60 s after rank {rank} was killed");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     println!(
-        "job stopped {:.1}s after the kill with {status}; stderr:\n{err}",
+        "rank {rank} killed: job stopped {:.1}s later with {status}; stderr:\n{err}",
         killed.elapsed().as_secs_f64()
     );
     assert!(!status.success());
-    assert!(err.contains("rank 1") && err.contains("signal 9"), "{err}");
+    assert!(
+        err.contains(&format!("rank {rank}")) && err.contains("signal 9"),
+        "{err}"
+    );
 }
