@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use train_loop::loss::{cross_entropy, distill_loss, smoothed_targets, topk_accuracy, train_loss};
-use train_loop::optim::{param_attributes, WarmupCosine};
+use train_loop::optim::{param_attributes, Momentum, WarmupCosine};
 use train_loop::{LrConfig, OptimizerConfig};
 use train_loop::{TrainConfig, Trainer};
 use tsm_model::Tsm;
@@ -110,6 +110,26 @@ fn per_parameter_rules() {
     );
     assert_eq!(param_attributes("head.fc.weight", &c), (1e-4, 5.0));
     assert_eq!(param_attributes("head.fc.bias", &c), (0.0, 10.0));
+}
+
+/// The velocities the optimizer keeps are plain values: a velocity that recorded the ops that
+/// made it would keep every step's graph (forward pass included) alive, step after step.
+#[test]
+fn velocities_hold_no_graph() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let w = vb
+        .get_with_hints(3, "layer.weight", candle_nn::Init::Const(1.0))
+        .unwrap();
+    let mut opt = Momentum::new(&varmap, &OptimizerConfig::default()).unwrap();
+    let x = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
+    for _ in 0..2 {
+        let loss = (w.clone() * &x).unwrap().sqr().unwrap().sum_all().unwrap();
+        opt.step(&loss.backward().unwrap(), 0.1).unwrap();
+        for (name, v) in opt.velocities() {
+            assert!(!v.track_op(), "{name}'s velocity records its ops");
+        }
+    }
 }
 
 /// The student's fc bias margin of the last class over the others after a short run, with the
