@@ -5,6 +5,7 @@
 //! so that the README's two commands do everything.
 
 mod bench;
+mod cuda;
 mod demo;
 mod fuzz;
 mod python;
@@ -60,6 +61,10 @@ enum Cmd {
         #[arg(last = true)]
         libfuzzer_args: Vec<String>,
     },
+    /// Build tsm-cli with `--features cuda` (CUDA, NCCL) into target/cuda/release. Without a
+    /// CUDA toolkit here, assembles CUDA 13.0 + NCCL from PyPI first (no GPU needed) and checks
+    /// that the binary loads and reports the missing GPU cleanly.
+    BuildCuda,
     /// Benchmarks, each against its baseline in the same run; prints a table of ratios.
     Bench {
         #[command(subcommand)]
@@ -110,6 +115,7 @@ fn run() -> Result<()> {
         Cmd::Demo => demo::run(),
         Cmd::Setup { mpi } => setup::run(mpi),
         Cmd::Test { cargo_args } => test::run(&cargo_args),
+        Cmd::BuildCuda => cuda::run(),
         Cmd::ConvertWeights { args } => run_cmd(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 // The user's working directory is kept, so relative paths mean what they say.

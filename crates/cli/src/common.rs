@@ -33,13 +33,14 @@ impl Global {
     }
 }
 
+/// CUDA device `n`, or an error saying how to build with CUDA.
 #[cfg(feature = "cuda")]
-fn cuda(n: usize) -> Result<Device> {
+pub fn cuda(n: usize) -> Result<Device> {
     Device::new_cuda(n).with_context(|| format!("opening CUDA device {n}"))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(n: usize) -> Result<Device> {
+pub fn cuda(n: usize) -> Result<Device> {
     bail!(
         "--device cuda:{n}: this tsm-cli was built without CUDA; rebuild it with \
          `cargo build --release -p cli --features cuda`"

@@ -45,7 +45,8 @@ struct Cli {
 /// Options every command accepts, before or after its name.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
-    /// Where the model runs: `cpu`, or `cuda:N` (a build with the `cuda` feature).
+    /// Where the model runs: `cpu`, or `cuda:N` (a build with the `cuda` feature); `train` also
+    /// takes `cuda`, the GPU of the process's local rank (one process per GPU).
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
 }

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use train_loop::comm::{connect, Backend};
+use anyhow::{Context, Result};
+use train_loop::comm::{connect, Backend, Launch};
 use train_loop::{TrainConfig, Trainer};
 
 use crate::{Global, Outcome};
@@ -14,6 +14,7 @@ Examples:
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml -o train.epochs=5 -o data.batch_size=8
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml --resume
   mpirun -np 4 tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml   (built with --features mpi)
+  srun --ntasks-per-node=8 --gpus-per-node=8 tsm-cli train --device cuda -c ...   (--features cuda)
 
 The run directory (output.dir, or --output) receives config.toml (the resolved configuration),
 metrics.jsonl (every step, epoch and validation), curves.png (its charts, as `tsm-cli plot`
@@ -25,8 +26,9 @@ data.num_workers) the result is bit-identical to an uninterrupted run.
 
 Data parallel: started by mpirun, srun or a torchrun-style launcher (several processes), each
 process trains on its shard with data.batch_size samples per step, gradients are averaged over
-the processes and only rank 0 writes the run directory (which all ranks must see, for --resume).
-A checkpoint resumes with any number of processes. See docs/distributed.md.
+the processes and only rank 0 writes the run directory (which all ranks must see, for --resume;
+on GPUs, NCCL's ranks also meet there, through a file named after the launcher's job id, or
+TSM_JOB_ID). A checkpoint resumes with any number of processes. See docs/distributed.md.
 
 Samples that fail to load (broken videos, missing frames) are skipped, each named in a warning
 on stderr and counted in every epoch summary; more than data.max_failed_fraction of an epoch
@@ -50,19 +52,13 @@ pub struct Args {
     /// The run directory (sets output.dir).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Data-parallel engine: auto (MPI when the launcher's variables say several processes),
-    /// none, mpi.
+    /// Data-parallel engine: auto (when the launcher's variables say several processes: NCCL
+    /// on GPUs, MPI on CPUs), none, mpi, nccl.
     #[arg(long, default_value = "auto", value_name = "BACKEND")]
     dist: Backend,
 }
 
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
-    if global.device != "cpu" {
-        bail!(
-            "train runs on the CPU for now (got --device {})",
-            global.device
-        );
-    }
     let mut overrides = args.overrides;
     if let Some(dir) = &args.output {
         let dir = toml::Value::String(dir.to_string_lossy().into_owned());
@@ -70,8 +66,13 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     }
     let cfg = TrainConfig::load(&args.config, &overrides)?;
     let out = cfg.output.dir.clone();
-    let comm = connect(args.dist)?;
-    let summary = match Trainer::with_communicator(cfg, args.resume, comm.clone())
+    let device = match global.device.trim() {
+        // One process per GPU: each rank takes the GPU of its rank on the node.
+        "cuda" => crate::common::cuda(Launch::from_env()?.local_rank)?,
+        _ => global.device()?,
+    };
+    let comm = connect(args.dist, &device, &out)?;
+    let summary = match Trainer::with_communicator(cfg, args.resume, comm.clone(), device)
         .and_then(|mut t| t.run())
     {
         Ok(s) => s,

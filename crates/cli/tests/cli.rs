@@ -112,7 +112,10 @@ fn fixture() -> &'static Fixture {
 /// Runs a command expected to stop with an error: exit status 1 and one line on stderr that
 /// contains every one of `needles`.
 fn check_error(args: &[&str], needles: &[&str]) {
-    let out = tsm(args);
+    check_error_output(&tsm(args), args, needles)
+}
+
+fn check_error_output(out: &Output, args: &[&str], needles: &[&str]) {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
     assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
@@ -365,6 +368,26 @@ fn errors_are_one_line_and_say_what_and_where() {
         &["predict", "--device", "cuda:0", "--weights", w, video],
         &["built without CUDA"],
     );
+}
+
+/// Training on GPUs (`--device cuda`: one process per GPU, NCCL between them) from a build
+/// without CUDA, and NCCL asked for on the CPU: one-line errors saying what is missing.
+#[test]
+fn train_says_what_gpus_and_nccl_need() {
+    let recipe = common::demo_recipe();
+    #[cfg(not(feature = "cuda"))]
+    check_error(
+        &["train", "-c", s(&recipe), "--device", "cuda"],
+        &["built without CUDA", "--features cuda"],
+    );
+    let args = ["train", "-c", s(&recipe), "--dist", "nccl"];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
+        .args(args)
+        .envs([("RANK", "1"), ("WORLD_SIZE", "2")])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    check_error_output(&out, &args, &["NCCL needs a CUDA device"]);
 }
 
 #[test]

@@ -80,24 +80,26 @@ impl Trainer {
     /// Reads the data lists, builds the model (seeded initialisation, then `model.pretrained`
     /// if set) and, with `resume`, restores the newest complete checkpoint of the run directory.
     pub fn new(cfg: TrainConfig, resume: bool) -> Result<Self> {
-        Self::with_communicator(cfg, resume, Rc::new(SingleProcess))
+        Self::with_communicator(cfg, resume, Rc::new(SingleProcess), Device::Cpu)
     }
 
     /// [`Trainer::new`] as one rank of a data-parallel job: this rank trains on its shard of
     /// every epoch (`data.batch_size` per rank), gradients are averaged over the ranks before
     /// each step, BatchNorm statistics stay per rank (precise BN averages them over all ranks),
     /// and only rank 0 writes the run directory. Every rank reads the checkpoint it resumes
-    /// from, so the run directory must be on a file system all of them see.
+    /// from, so the run directory must be on a file system all of them see. The model, its
+    /// batches and its optimizer live on `device` (this rank's GPU, or the CPU); decoding and
+    /// augmentation stay on the CPU.
     pub fn with_communicator(
         mut cfg: TrainConfig,
         resume: bool,
         comm: Rc<dyn Communicator>,
+        device: Device,
     ) -> Result<Self> {
         cfg.validate().map_err(|msg| Error::Config {
             path: PathBuf::from("<config>"),
             msg,
         })?;
-        let device = Device::Cpu;
         let d = &cfg.data;
         let train = Arc::new(Dataset::open(
             &d.train_list,

@@ -138,6 +138,41 @@ fn launch_from_each_launchers_environment() {
         (l.rank, l.world_size, l.local_rank, l.launcher),
         (1, 2, 1, "torchrun")
     );
+    // The job's name: TSM_JOB_ID first, then the launcher's own; torchrun's default is none.
+    let job = |vars: &[(&str, &str)]| launch(vars).unwrap().job;
+    let ompi = [("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "2")];
+    assert_eq!(job(&ompi), None);
+    let with = |extra: &[(&'static str, &'static str)]| [&ompi[..], extra].concat();
+    assert_eq!(
+        job(&with(&[(
+            "OMPI_MCA_orte_precondition_transports",
+            "6d2d-55a9"
+        )])),
+        Some("6d2d-55a9".into())
+    );
+    assert_eq!(
+        job(&with(&[
+            ("PMIX_NAMESPACE", "prterun-n1-7@1"),
+            ("OMPI_MCA_orte_precondition_transports", "x")
+        ])),
+        Some("prterun-n1-7@1".into())
+    );
+    assert_eq!(
+        job(&with(&[("TSM_JOB_ID", "mine"), ("PMIX_NAMESPACE", "p")])),
+        Some("mine".into())
+    );
+    let slurm = [("SLURM_PROCID", "1"), ("SLURM_STEP_NUM_TASKS", "2")];
+    assert_eq!(job(&slurm), None);
+    let slurm_ids = [("SLURM_JOB_ID", "812"), ("SLURM_STEP_ID", "0")];
+    assert_eq!(
+        job(&[&slurm[..], &slurm_ids].concat()),
+        Some("812.0".into())
+    );
+    let torchrun = [("RANK", "1"), ("WORLD_SIZE", "2")];
+    let run_id = |id: &'static str| job(&[&torchrun[..], &[("TORCHELASTIC_RUN_ID", id)]].concat());
+    assert_eq!(run_id("none"), None);
+    assert_eq!(run_id("k400-1"), Some("k400-1".into()));
+
     let e = launch(&[("RANK", "x"), ("WORLD_SIZE", "2")])
         .unwrap_err()
         .to_string();
@@ -146,4 +181,55 @@ fn launch_from_each_launchers_environment() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("RANK=2") && e.contains("WORLD_SIZE=2"), "{e}");
+}
+
+/// NCCL's ranks meet through a file named after the job: the other ranks wait for rank 0's
+/// bytes (whole, never half-written), a file of another job is not theirs, and a rank 0 that
+/// never comes is an error naming the file after the timeout.
+#[test]
+fn ranks_meet_through_a_file_named_after_the_job() {
+    use std::time::Duration;
+    use train_loop::comm::FileRendezvous;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let long = Duration::from_secs(30);
+    // A file an earlier job left behind.
+    FileRendezvous::new(&run, "nccl-old", long)
+        .publish(&[7; 128])
+        .unwrap();
+    let rank0 = FileRendezvous::new(&run, "nccl-prterun-n1@1/x", long);
+    assert_eq!(
+        rank0.path().file_name().unwrap(),
+        ".rendezvous-nccl-prterun-n1_1_x"
+    );
+    let bytes: Vec<u8> = (0..128).collect();
+    let waiting = {
+        let (run, bytes) = (run.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            let got = FileRendezvous::new(&run, "nccl-prterun-n1@1/x", long).wait(128);
+            assert_eq!(got.unwrap(), bytes);
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    rank0.publish(&bytes).unwrap();
+    waiting.join().unwrap();
+    rank0.remove();
+    assert!(!rank0.path().exists());
+
+    let e = FileRendezvous::new(&run, "nccl-old", long)
+        .wait(64)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(".rendezvous-nccl-old") && e.contains("holds 128 bytes"),
+        "{e}"
+    );
+    let e = FileRendezvous::new(&run, "nccl-never", Duration::from_millis(300))
+        .wait(128)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(".rendezvous-nccl-never") && e.contains("rank 0 did not publish"),
+        "{e}"
+    );
 }

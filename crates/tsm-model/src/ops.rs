@@ -270,19 +270,6 @@ impl CustomOp1 for TemporalShift {
         Ok((out, layout.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _storage: &candle_core::CudaStorage,
-        _layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        Err(candle_core::Error::Msg(
-            "temporal_shift: the CUDA kernel is not yet implemented (tracked as its own issue); \
-             run the model on the CPU"
-                .into(),
-        ))
-    }
-
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let op = TemporalShift {
             reverse: !self.reverse,
@@ -314,8 +301,14 @@ fn check_shift_args(x: &Tensor, num_seg: usize, ratio: f64) -> Result<()> {
 /// With `c1 = int(C*ratio)`, `c2 = int(C*2*ratio)`: channels `[0, c1)` at frame `t` take frame
 /// `t-1` (zeros at `t = 0`), channels `[c1, c2)` take frame `t+1` (zeros at the last frame), the
 /// rest stay. This is the opposite fold order from MIT's TSM. The gradient is the opposite shift.
+///
+/// On the CPU this is one kernel; on other devices (until their kernels exist) it is
+/// [`temporal_shift_reference`], the same values from candle's own ops.
 pub fn temporal_shift(x: &Tensor, num_seg: usize, ratio: f64) -> Result<Tensor> {
     check_shift_args(x, num_seg, ratio)?;
+    if !x.device().is_cpu() {
+        return temporal_shift_reference(x, num_seg, ratio);
+    }
     x.contiguous()?.apply_op1(TemporalShift {
         num_seg,
         ratio,
