@@ -83,7 +83,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// 8 training videos (2 steps of 4 per epoch), 5 validation videos (3 + 2 on two
-/// ranks, nothing padded), 2 epochs with precise BN and validation after each.
+/// ranks, nothing padded), 2 epochs with mixup, precise BN and validation after each.
 fn config(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     let train = tiny_videos(&data, "train", 8, 3);
@@ -122,6 +122,7 @@ transforms = [
 epochs = 2
 seed = 11
 label_smoothing = 0.1
+mixup_alpha = 0.2
 log_interval = 1
 
 [lr]

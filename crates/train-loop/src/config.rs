@@ -147,7 +147,7 @@ pub struct TrainSection {
     #[serde(default)]
     pub max_iters: usize,
     /// Split every batch into this many equal parts, each with its own forward and backward
-    /// (so its own BatchNorm statistics), and step once on their mean gradient: what a
+    /// (so its own BatchNorm statistics and its own mixup), and step once on their mean gradient: what a
     /// data-parallel job of this many ranks computes with `data.batch_size` as its global
     /// batch, in one process (and gradient accumulation when memory is short).
     #[serde(default = "one")]

@@ -138,6 +138,9 @@ pub struct EpochPlan {
     pub shuffle: bool,
     /// Mix each batch.
     pub mixup: Option<Mixup>,
+    /// Mixup draws and mixes within each of this many parts of a batch on its own, as that many
+    /// ranks would with a part each (`train.micro_batches`); 1 mixes the whole batch.
+    pub mixup_parts: usize,
     /// Stop after this many batches (0 = all).
     pub max_batches: usize,
     /// Batches queued ahead.
@@ -217,7 +220,8 @@ pub struct Batch {
     pub labels: Vec<u32>,
     /// Their indices in the dataset.
     pub indices: Vec<usize>,
-    /// The mixup draw and the labels mixed in (`labels[perm[i]]`).
+    /// The mixup draw (of the first part, see [`EpochPlan::mixup_parts`]; every part has its
+    /// lambda) and the labels mixed in (`labels[perm[i]]`, within each part).
     pub mixup: Option<(MixupChoice, Vec<u32>)>,
     /// Samples that failed to load: `file (list line n): error`.
     pub failures: Vec<String>,
@@ -390,13 +394,28 @@ fn load_batch(
         load_time: Duration::ZERO,
     };
     if let Some(m) = plan.mixup.as_ref().filter(|_| !batch.is_empty()) {
-        let choice = m.sample(
-            batch.len(),
-            &mut rng_for(plan.seed, Stream::Mixup, epoch, index as u64),
-        )?;
-        let mixed = m.apply(&batch.data, &batch.labels, &choice)?;
-        batch.data = mixed.data;
-        batch.mixup = Some((choice, mixed.permuted_labels));
+        let n = batch.len();
+        let k = plan.mixup_parts.clamp(1, n);
+        let per_sample = batch.data.len() / n;
+        let mut data = Vec::with_capacity(batch.data.len());
+        let mut permuted = Vec::with_capacity(n);
+        let mut first = None;
+        for part in 0..k {
+            let (lo, hi) = (part * n / k, (part + 1) * n / k);
+            // The draw a rank makes for its batch: the key has no rank, so every part (every
+            // rank) gets the same lambda, and a permutation of its own samples.
+            let choice = m.sample(
+                hi - lo,
+                &mut rng_for(plan.seed, Stream::Mixup, epoch, index as u64),
+            )?;
+            let part_data = &batch.data[lo * per_sample..hi * per_sample];
+            let mixed = m.apply(part_data, &batch.labels[lo..hi], &choice)?;
+            data.extend_from_slice(&mixed.data);
+            permuted.extend_from_slice(&mixed.permuted_labels);
+            first.get_or_insert(choice);
+        }
+        batch.data = data;
+        batch.mixup = first.map(|choice| (choice, permuted));
     }
     batch.load_time = start.elapsed();
     Ok(batch)

@@ -19,6 +19,7 @@ fn plan(batch_size: usize, max_failed_fraction: f64) -> EpochPlan {
         drop_last: true,
         shuffle: true,
         mixup: Some(Mixup { alpha: 0.2 }),
+        mixup_parts: 1,
         max_batches: 0,
         prefetch: 2,
         max_failed_fraction,
