@@ -1,10 +1,10 @@
-//! `tsm-cli preprocess`: the exact tensor the model sees for one video, for debugging and for
+//! `tsm-cli preprocess`: the exact tensor the model sees for one video (or frame folder), for debugging and for
 //! cross-checking with PaddleVideo, and a contact sheet of its frames.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use augment::{Clip, LoadedClip};
 use candle_core::{Device, Tensor};
 use serde_json::json;
@@ -19,6 +19,7 @@ Examples:
   tsm-cli preprocess clip.mp4 --out clip.safetensors --contact-sheet clip.png
   tsm-cli preprocess clip.mp4 --mode train --seed 7 --out train7.safetensors
   tsm-cli preprocess clip.mp4 --views dense --crops 3 --out dense.safetensors
+  tsm-cli preprocess rawframes/v_ApplyEyeMakeup_g01_c01 --out frames.safetensors
 
 The file holds `clips`, f32 [N, T, 3, H, W] (N = clips x crops, ImageNet-normalised, what
 `Tsm::forward` takes), and metadata: `indices` (sampled frame numbers, JSON), `frames_len`,
@@ -35,8 +36,13 @@ pub enum Mode {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The video.
+    /// The video, or a folder of frames as PaddleVideo's frame lists use (`img_00001.jpg`,
+    /// `img_00002.jpg`, ...).
     video: PathBuf,
+    /// Frames of a frame folder, as its list line would say (default: its `img_NNNNN.jpg`
+    /// files, counted).
+    #[arg(long)]
+    num_frames: Option<usize>,
     /// Where to write the safetensors file.
     #[arg(long)]
     out: PathBuf,
@@ -62,7 +68,23 @@ pub fn run(args: Args, _: &Global) -> Result<Outcome> {
         Mode::Train => SampleMode::Train,
     };
     let loader = args.views.loader(args.num_seg, mode)?;
-    let location = SampleLocation::Video(args.video.clone());
+    let location = if args.video.is_dir() {
+        let num_frames = match args.num_frames {
+            Some(n) => n,
+            None => count_frames(&args.video)?,
+        };
+        SampleLocation::Frames {
+            dir: args.video.clone(),
+            num_frames,
+        }
+    } else if args.num_frames.is_some() {
+        bail!(
+            "{}: --num-frames is for frame folders; a video's frames are counted by its decoder",
+            args.video.display()
+        )
+    } else {
+        SampleLocation::Video(args.video.clone())
+    };
     let LoadedClip {
         clips,
         indices,
@@ -101,6 +123,29 @@ pub fn run(args: Args, _: &Global) -> Result<Outcome> {
         println!("wrote {}", sheet.display());
     }
     Ok(Outcome::Success)
+}
+
+/// The `img_NNNNN.jpg` files in `dir` (a gap in their numbers is reported when a sampled frame
+/// falls in it, naming the missing file).
+fn count_frames(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        let number = name
+            .strip_prefix("img_")
+            .and_then(|r| r.strip_suffix(".jpg"));
+        if number.is_some_and(|d| d.len() == 5 && d.bytes().all(|b| b.is_ascii_digit())) {
+            n += 1;
+        }
+    }
+    if n == 0 {
+        bail!(
+            "{}: no frames named img_00001.jpg, img_00002.jpg, ... in this folder",
+            dir.display()
+        )
+    }
+    Ok(n)
 }
 
 /// One row per clip, one column per frame, 2-pixel white gaps; `x * std + mean` undoes the

@@ -425,7 +425,7 @@ fn preprocess_writes_the_tensor_the_loader_makes() {
     );
     let want = loader
         .load_seeded(
-            &video_io::SampleLocation::Video(video),
+            &video_io::SampleLocation::Video(video.clone()),
             video_io::SampleMode::Valid,
             0,
         )
@@ -438,6 +438,45 @@ fn preprocess_writes_the_tensor_the_loader_makes() {
     assert_eq!(meta["frames_len"], want.frames_len.to_string());
     let png = image::open(&sheet).unwrap();
     assert_eq!((png.width(), png.height()), (4 * 58 + 2, 58 + 2));
+
+    // The same video as a frame folder (PaddleVideo's frames format): the loader's tensor for it.
+    let frames = f.path("bikes_frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let pattern = frames.join("img_%05d.jpg");
+    test_support::ffmpeg(&["-i", s(&video), "-q:v", "2", s(&pattern)]);
+    let count = std::fs::read_dir(&frames).unwrap().count();
+    let out = f.path("bikes_frames.safetensors");
+    let mut args = vec!["preprocess", s(&frames), "--num-seg", "4", "--out", s(&out)];
+    args.extend(SIZES);
+    let run = tsm(&args);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let location = video_io::SampleLocation::Frames {
+        dir: frames.clone(),
+        num_frames: count,
+    };
+    let want = loader
+        .load_seeded(&location, video_io::SampleMode::Valid, 0)
+        .unwrap();
+    assert_eq!(
+        test_support::read_safetensors(&out)["clips"].data,
+        want.clips[0].data
+    );
+    // A frame the sampler needs is missing: named, nothing written.
+    std::fs::remove_file(frames.join(format!("img_{:05}.jpg", want.indices[1] + 1))).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    check_error(&args, &[&format!("img_{:05}.jpg", want.indices[1] + 1)]);
+    assert!(!out.exists());
+    check_error(
+        &[
+            "preprocess",
+            s(&video),
+            "--num-frames",
+            "9",
+            "--out",
+            s(&out),
+        ],
+        &["--num-frames is for frame folders"],
+    );
 
     // Training mode: the seed decides the random choices.
     let train = |seed: &str, name: &str| {
