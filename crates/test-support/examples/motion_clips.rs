@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use test_support::motion::{generate, MotionSpec};
+use test_support::motion::{generate, Motion, MotionSpec};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate clips whose classes differ only in frame order")]
@@ -19,17 +19,21 @@ struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Frame width and height in pixels (even).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = MotionSpec::default().size)]
     size: u32,
     /// Frames per clip: the model's segment count, so every frame is sampled.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = MotionSpec::default().frames)]
     frames: usize,
     /// Training clips per class.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = MotionSpec::default().train_per_class)]
     train_per_class: usize,
     /// Validation clips per class.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = MotionSpec::default().val_per_class)]
     val_per_class: usize,
+    /// The motion pairs, comma-separated (horizontal, vertical, scale, rotation): two classes
+    /// each, the motion and its reversal [default: horizontal,scale].
+    #[arg(long, value_delimiter = ',')]
+    motions: Vec<Motion>,
     /// Seeds every random choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -44,6 +48,14 @@ fn main() -> ExitCode {
         val_per_class: a.val_per_class,
         seed: a.seed,
         ..MotionSpec::default()
+    };
+    let spec = if a.motions.is_empty() {
+        spec
+    } else {
+        MotionSpec {
+            motions: a.motions,
+            ..spec
+        }
     };
     let started = Instant::now();
     match generate(&spec, &a.out) {
