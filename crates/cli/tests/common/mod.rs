@@ -80,3 +80,38 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// `tsm-cli eval` of `weights` on `set`'s validation clips (the demo recipe's sampling and
+/// pipeline), writing into `out`: the confusion matrix, `[true][predicted]` counts.
+pub fn val_confusion(set: &MotionSet, weights: &Path, out: &Path) -> Vec<Vec<usize>> {
+    let o = Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
+        .arg("eval")
+        .arg("-c")
+        .arg(demo_recipe())
+        .arg("--weights")
+        .arg(weights)
+        .arg("--list")
+        .arg(&set.val_list)
+        .arg("--root")
+        .arg(&set.root)
+        .arg("--labels")
+        .arg(&set.labels)
+        .arg("--out")
+        .arg(out)
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tsm-cli eval failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A header line, then `class,count,count,...` per true class.
+    std::fs::read_to_string(out.join("confusion.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
