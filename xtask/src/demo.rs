@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: from a fresh clone to a trained, evaluated PP-TSM in minutes on a CPU.
 //!
-//! Builds `tsm-cli` and the motion-clip generator (release), generates eight classes of clips
+//! Builds `tsm-cli` and the motion-clip generator (release), generates four classes of clips
 //! that differ only in frame order (test-support's `motion` module), trains a ResNet-18 TSM with
 //! `assets/configs/demo_motion.toml`, evaluates it (confusion matrix), predicts one clip and
 //! prints where everything is, with the time each step took.
@@ -112,7 +112,9 @@ pub fn run() -> Result<()> {
         .context("tsm-cli eval printed no top-1 line")?;
     let rel = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
     println!("\n== tsm-rs demo: PP-TSM ResNet-18 on clips that differ only in frame order ==");
-    println!("validation {top1} (8 classes: chance is 0.125, a model blind to frame order gets about 0.5)");
+    println!(
+        "validation {top1} (4 classes: chance is 0.25, a model blind to frame order gets at most 0.5)"
+    );
     println!("checkpoint        {}", rel(&best));
     println!("metrics           {}", rel(&run_dir.join("metrics.jsonl")));
     println!("training curves   {}", rel(&run_dir.join("curves.png")));
