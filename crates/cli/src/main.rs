@@ -83,6 +83,7 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
+    tsm_model::keep_freed_memory();
     match run() {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::SomeInputsFailed) => ExitCode::from(2),

@@ -5,7 +5,8 @@
 //! Random weights and clips. `eval`: the BN-folded model's forward (no gradients). `train`: a
 //! training step (forward in training mode, cross entropy, backward, candle-nn's SGD update of
 //! every trainable variable; train-loop's Nesterov momentum adds a few element-wise passes over
-//! the weights, under 1% of a step). One untimed warm-up iteration, then ITERS timed ones. Prints one JSON line: clips, seconds, peak_rss_mb.
+//! the weights, under 1% of a step). One untimed warm-up iteration, then ITERS timed ones. Prints
+//! one JSON line: clips, seconds, cpu_seconds (of the timed iterations), peak_rss_mb.
 //! `--profile` (eval) also prints, to stderr, the time per step of one forward pass, summed by
 //! step label, with GFLOP/s for convolutions.
 
@@ -31,6 +32,17 @@ fn peak_rss_mb() -> Result<f64> {
         .trim()
         .parse()?;
     Ok(kb / 1024.0)
+}
+
+/// User + system CPU seconds of this process so far (from /proc, in clock ticks of 10 ms): on a
+/// loaded machine a steadier measure of the work done than wall time, for comparing our builds.
+fn cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // the fields after the parenthesised command name, from field 3 (state) on
+    let rest = stat.rsplit_once(')').ok_or("malformed /proc/self/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (f[11].parse()?, f[12].parse()?);
+    Ok((utime + stime) / 100.0)
 }
 
 /// Multiply-adds x 2 of a conv label `conv KxK sS C->O HxW...` over `frames` frames.
@@ -75,6 +87,7 @@ fn print_profile(profile: &Profile, frames: usize) {
 }
 
 fn main() -> Result<()> {
+    tsm_model::keep_freed_memory(); // as tsm-cli does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let profile = args.iter().any(|a| a == "--profile");
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
@@ -118,14 +131,15 @@ fn main() -> Result<()> {
         m => return Err(format!("unknown mode {m} (eval or train)").into()),
     };
     step()?;
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu_seconds()?);
     for _ in 0..iters {
         step()?;
     }
     let seconds = t.elapsed().as_secs_f64();
     println!(
-        "{{\"clips\": {}, \"seconds\": {seconds:.4}, \"peak_rss_mb\": {:.1}}}",
+        "{{\"clips\": {}, \"seconds\": {seconds:.4}, \"cpu_seconds\": {:.2}, \"peak_rss_mb\": {:.1}}}",
         batch * iters,
+        cpu_seconds()? - cpu0,
         peak_rss_mb()?
     );
     Ok(())
