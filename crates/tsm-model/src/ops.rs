@@ -44,7 +44,7 @@ fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<
     out
 }
 
-fn leaky<T: WithDType>(v: T) -> T {
+pub(crate) fn leaky<T: WithDType>(v: T) -> T {
     if v > T::zero() {
         v
     } else {
@@ -98,7 +98,7 @@ impl CustomOp1 for LeakyRelu {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &LeakyGrad)?))
+        Ok(Some(leaky_grad(y, grad)?))
     }
 }
 
@@ -145,9 +145,14 @@ impl CustomOp2 for AddLeakyRelu {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = y.apply_op2_no_bwd(&grad.contiguous()?, &LeakyGrad)?;
+        let g = leaky_grad(y, grad)?;
         Ok((Some(g.clone()), Some(g)))
     }
+}
+
+/// The gradient through a leaky ReLU from its output `y` (CPU kernels only).
+pub(crate) fn leaky_grad(y: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    y.apply_op2_no_bwd(&grad.contiguous()?, &LeakyGrad)
 }
 
 /// The leaky ReLU gradient from its output `y` (same sign as its input): `grad` where `y > 0`,

@@ -112,7 +112,12 @@ impl ConvBn {
             }
             (Some(bn), _) => {
                 let y = rec.run(|| label(""), || conv(&x))?;
-                rec.run(|| "batch norm".into(), || bn.forward_t(&y, train))?
+                let what = if self.act {
+                    "batch norm+act"
+                } else {
+                    "batch norm"
+                };
+                return rec.run(|| what.into(), || bn.forward_act(&y, train, self.act));
             }
             (None, None) => rec.run(|| label(""), || conv(&x))?,
         };
