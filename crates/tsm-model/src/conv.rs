@@ -165,9 +165,37 @@ impl Geom {
 }
 
 /// The element types the fast path runs in.
-trait Elem: candle_core::WithDType {}
-impl Elem for f32 {}
-impl Elem for f64 {}
+trait Elem: candle_core::WithDType {
+    /// Runs `f` on `len` elements of this thread's scratch buffer `slot` (0 or 1), whose contents
+    /// are left from earlier calls: kept across calls, so the im2col and reordering buffers are
+    /// neither allocated nor zeroed per call.
+    fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+macro_rules! elem_with_scratch {
+    ($t:ty) => {
+        impl Elem for $t {
+            fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: [std::cell::RefCell<Vec<$t>>; 2] = Default::default();
+                }
+                SCRATCH.with(|s| match s[slot].try_borrow_mut() {
+                    Ok(mut buf) => {
+                        if buf.len() < len {
+                            buf.resize(len, 0.0);
+                        }
+                        f(&mut buf[..len])
+                    }
+                    // in use further up this thread's stack: rayon ran another group here while
+                    // a gemm of the first waited
+                    Err(_) => f(&mut vec![0.0; len]),
+                })
+            }
+        }
+    };
+}
+elem_with_scratch!(f32);
+elem_with_scratch!(f64);
 
 /// One frame `[C, H, W]` -> its im2col `[C*k*k, Ho*Wo]`, row `(c*k + ki)*k + kj` starting at
 /// `dst[row * row_stride]` (a stride above `Ho*Wo` interleaves several frames' columns).
@@ -243,11 +271,17 @@ struct Chunk {
 }
 
 impl Geom {
+    /// Frames per chunk (the last chunk of a group may have fewer).
+    fn chunk_frames(&self) -> usize {
+        let (per, _) = self.groups();
+        GEMM_COLS.div_ceil(self.l().max(1)).clamp(1, per)
+    }
+
     /// The chunks of the frames of thread group `grp`.
     fn chunks(&self, grp: usize) -> impl Iterator<Item = Chunk> {
         let (per, _) = self.groups();
         let (a, b) = (grp * per, ((grp + 1) * per).min(self.n));
-        let f = GEMM_COLS.div_ceil(self.l().max(1)).clamp(1, per);
+        let f = self.chunk_frames();
         (a..b).step_by(f).map(move |first| Chunk {
             first,
             f: f.min(b - first),
@@ -256,12 +290,22 @@ impl Geom {
 
     /// Scratch elements for the largest chunk's im2col `[C*k*k, f*L]`.
     fn cols_len(&self) -> usize {
-        let (per, _) = self.groups();
-        let f = GEMM_COLS.div_ceil(self.l().max(1)).clamp(1, per);
+        let f = self.chunk_frames();
         if self.direct() && f == 1 {
             0
         } else {
             self.kk() * f * self.l()
+        }
+    }
+
+    /// Scratch elements for the largest chunk's output (or output gradient) as one `[O, f*L]`
+    /// matrix, when chunks have several frames.
+    fn out_mat_len(&self) -> usize {
+        let f = self.chunk_frames();
+        if f == 1 {
+            0
+        } else {
+            self.o * f * self.l()
         }
     }
 
@@ -280,20 +324,20 @@ impl Geom {
         &buf[..self.kk() * stride]
     }
 
-    /// The output gradient of chunk `ch` as one `[O, f*L]` matrix, in `buf` when `f > 1`.
-    fn grad_mat<'a, T: Elem>(&self, grad: &'a [T], ch: Chunk, buf: &'a mut Vec<T>) -> Mat<'a, T> {
+    /// The output gradient of chunk `ch` as one `[O, f*L]` matrix, in `buf` (at least
+    /// [`Geom::out_mat_len`] long) when `f > 1`.
+    fn grad_mat<'a, T: Elem>(&self, grad: &'a [T], ch: Chunk, buf: &'a mut [T]) -> Mat<'a, T> {
         let (l, fout) = (self.l(), self.frame_out());
         let frames = &grad[ch.first * fout..(ch.first + ch.f) * fout];
         if ch.f == 1 {
             return Mat::new(frames, self.o, l);
         }
-        buf.resize(self.o * ch.f * l, T::zero());
         for (j, frame) in frames.chunks_exact(fout).enumerate() {
             for (o, row) in frame.chunks_exact(l).enumerate() {
                 buf[(o * ch.f + j) * l..(o * ch.f + j + 1) * l].copy_from_slice(row);
             }
         }
-        Mat::new(buf, self.o, ch.f * l)
+        Mat::new(&buf[..self.o * ch.f * l], self.o, ch.f * l)
     }
 }
 
@@ -419,40 +463,58 @@ impl Conv {
         let (x, w) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
         let bias = bias.map(|(s, l)| cpu_slice::<T>(s, l)).transpose()?;
         let g = self.g;
-        let (kk, l, fout) = (g.kk(), g.l(), g.frame_out());
-        let mut out = vec![T::zero(); g.n * fout];
+        let mut out = vec![T::zero(); g.n * g.frame_out()];
         let (per, _) = g.groups();
-        let par = g.gemm_par();
-        let wm = Mat::new(w, g.o, kk);
-        out.par_chunks_mut(per * fout)
+        let wm = Mat::new(w, g.o, g.kk());
+        out.par_chunks_mut(per * g.frame_out())
             .enumerate()
             .for_each(|(grp, outs)| {
-                let mut cols = vec![T::zero(); g.cols_len()];
-                let mut tmp = Vec::new();
-                for ch in g.chunks(grp) {
-                    let ncols = ch.f * l;
-                    let src = Mat::new(g.cols(x, ch, &mut cols), kk, ncols);
-                    let ys = &mut outs[(ch.first - grp * per) * fout..][..ch.f * fout];
-                    if ch.f == 1 {
-                        matmul(ys, false, wm, src, par);
-                    } else {
-                        // [O, f*L] -> f frames of [O, L]
-                        tmp.resize(g.o * ncols, T::zero());
-                        matmul(&mut tmp, false, wm, src, par);
-                        for (j, y) in ys.chunks_exact_mut(fout).enumerate() {
-                            for (o, row) in y.chunks_exact_mut(l).enumerate() {
-                                row.copy_from_slice(&tmp[o * ncols + j * l..][..l]);
-                            }
-                        }
-                    }
-                    if let (Epilogue::Bias { leaky }, Some(b)) = (self.epilogue, bias) {
-                        for y in ys.chunks_exact_mut(fout) {
-                            apply_bias(y, b, l, leaky);
-                        }
-                    }
-                }
+                T::with_scratch(0, g.cols_len(), |cols| {
+                    T::with_scratch(1, g.out_mat_len(), |tmp| {
+                        self.fwd_group(x, wm, bias, grp, outs, cols, tmp)
+                    })
+                })
             });
         Ok(out)
+    }
+
+    /// The output frames `outs` of thread group `grp`.
+    #[allow(clippy::too_many_arguments)]
+    fn fwd_group<T: Elem>(
+        &self,
+        x: &[T],
+        wm: Mat<T>,
+        bias: Option<&[T]>,
+        grp: usize,
+        outs: &mut [T],
+        cols: &mut [T],
+        tmp: &mut [T],
+    ) {
+        let g = self.g;
+        let (kk, l, fout) = (g.kk(), g.l(), g.frame_out());
+        let ((per, _), par) = (g.groups(), g.gemm_par());
+        for ch in g.chunks(grp) {
+            let ncols = ch.f * l;
+            let src = Mat::new(g.cols(x, ch, cols), kk, ncols);
+            let ys = &mut outs[(ch.first - grp * per) * fout..][..ch.f * fout];
+            if ch.f == 1 {
+                matmul(ys, false, wm, src, par);
+            } else {
+                // [O, f*L] -> f frames of [O, L]
+                let tmp = &mut tmp[..g.o * ncols];
+                matmul(tmp, false, wm, src, par);
+                for (j, y) in ys.chunks_exact_mut(fout).enumerate() {
+                    for (o, row) in y.chunks_exact_mut(l).enumerate() {
+                        row.copy_from_slice(&tmp[o * ncols + j * l..][..l]);
+                    }
+                }
+            }
+            if let (Epilogue::Bias { leaky }, Some(b)) = (self.epilogue, bias) {
+                for y in ys.chunks_exact_mut(fout) {
+                    apply_bias(y, b, l, leaky);
+                }
+            }
+        }
     }
 }
 
@@ -546,21 +608,23 @@ impl ConvGradInput {
         gx.par_chunks_mut(per * fin)
             .enumerate()
             .for_each(|(grp, gxs)| {
-                let mut cols = vec![T::zero(); g.cols_len()];
-                let mut gbuf = Vec::new();
-                for ch in g.chunks(grp) {
-                    let gm = g.grad_mat(grad, ch, &mut gbuf);
-                    let gxc = &mut gxs[(ch.first - grp * per) * fin..][..ch.f * fin];
-                    if g.direct() && ch.f == 1 {
-                        matmul(gxc, false, wt, gm, par);
-                        continue;
-                    }
-                    let ncols = ch.f * l;
-                    matmul(&mut cols[..kk * ncols], false, wt, gm, par);
-                    for (j, gxn) in gxc.chunks_exact_mut(fin).enumerate() {
-                        col2im(&g, &cols[j * l..], ncols, gxn);
-                    }
-                }
+                T::with_scratch(0, g.cols_len(), |cols| {
+                    T::with_scratch(1, g.out_mat_len(), |gbuf| {
+                        for ch in g.chunks(grp) {
+                            let gm = g.grad_mat(grad, ch, gbuf);
+                            let gxc = &mut gxs[(ch.first - grp * per) * fin..][..ch.f * fin];
+                            if g.direct() && ch.f == 1 {
+                                matmul(gxc, false, wt, gm, par);
+                                continue;
+                            }
+                            let ncols = ch.f * l;
+                            matmul(&mut cols[..kk * ncols], false, wt, gm, par);
+                            for (j, gxn) in gxc.chunks_exact_mut(fin).enumerate() {
+                                col2im(&g, &cols[j * l..], ncols, gxn);
+                            }
+                        }
+                    })
+                })
             });
         Ok(gx)
     }
@@ -605,13 +669,15 @@ impl ConvGradWeight {
             .into_par_iter()
             .map(|grp| {
                 let mut gw = vec![T::zero(); g.o * kk];
-                let mut cols = vec![T::zero(); g.cols_len()];
-                let mut gbuf = Vec::new();
-                for ch in g.chunks(grp) {
-                    let gm = g.grad_mat(grad, ch, &mut gbuf);
-                    let src = Mat::new(g.cols(x, ch, &mut cols), kk, ch.f * l);
-                    matmul(&mut gw, true, gm, src.t(), par);
-                }
+                T::with_scratch(0, g.cols_len(), |cols| {
+                    T::with_scratch(1, g.out_mat_len(), |gbuf| {
+                        for ch in g.chunks(grp) {
+                            let gm = g.grad_mat(grad, ch, gbuf);
+                            let src = Mat::new(g.cols(x, ch, cols), kk, ch.f * l);
+                            matmul(&mut gw, true, gm, src.t(), par);
+                        }
+                    })
+                });
                 gw
             })
             .collect();
