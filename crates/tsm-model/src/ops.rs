@@ -401,6 +401,20 @@ fn window_argmax<T: WithDType>(p: &[T], (h, w): (usize, usize), i: usize, j: usi
     best
 }
 
+/// The first maximum of each window of one row (window `j`: columns `2j-1..=2j+1` inside it).
+fn row_max<T: WithDType>(row: &[T], out: &mut [T]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let (lo, hi) = ((2 * j).saturating_sub(1), (2 * j + 2).min(row.len()));
+        let mut m = row[lo];
+        for &v in &row[lo + 1..hi] {
+            if v > m {
+                m = v;
+            }
+        }
+        *o = m;
+    }
+}
+
 /// The pooling (CPU kernel); backward: [`MaxPoolGrad`].
 #[derive(Debug, Clone, Copy)]
 struct MaxPool;
@@ -411,13 +425,34 @@ impl MaxPool {
         let (_, _, h, w) = l.shape().dims4()?;
         let (ho, wo) = (pooled(h), pooled(w));
         let mut y = vec![T::zero(); x.len() / (h * w).max(1) * ho * wo];
-        y.par_chunks_mut((ho * wo).max(1))
-            .zip(x.par_chunks((h * w).max(1)))
-            .for_each(|(yp, xp)| {
-                for (k, v) in yp.iter_mut().enumerate() {
-                    *v = xp[window_argmax(xp, (h, w), k / wo, k % wo)];
-                }
-            });
+        if y.is_empty() {
+            return Ok(y);
+        }
+        // Row maxima of each window row, then the first of them that is largest, down the
+        // window: the value at the window's first maximum in row-major order (what
+        // `window_argmax` picks), without tracking indices.
+        y.par_chunks_mut(ho * wo)
+            .zip(x.par_chunks(h * w))
+            .for_each_init(
+                || vec![T::zero(); wo],
+                |hm, (yp, xp)| {
+                    for (i, yrow) in yp.chunks_exact_mut(wo).enumerate() {
+                        let rows = (2 * i).saturating_sub(1)..(2 * i + 2).min(h);
+                        for (k, r) in rows.enumerate() {
+                            row_max(&xp[r * w..(r + 1) * w], hm);
+                            if k == 0 {
+                                yrow.copy_from_slice(hm);
+                            } else {
+                                for (o, &m) in yrow.iter_mut().zip(hm.iter()) {
+                                    if m > *o {
+                                        *o = m;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            );
         Ok(y)
     }
 }
