@@ -7,7 +7,8 @@
 //! `y[O, L] = W[O, C*k*k] @ cols[C*k*k, L]` where `cols` is the frame's im2col (the frame itself
 //! for a stride-1 1x1 conv); backward is `gcols = W^T @ g` folded back by col2im, and
 //! `gW += g @ cols^T` with `cols` recomputed rather than kept, so training memory stays at what
-//! candle's own conv keeps (the input). Frames are split into one contiguous group per thread,
+//! candle's own conv keeps (the input). The forward builds a large map's im2col a band of
+//! output rows at a time, small enough to stay in cache. Frames are split into one contiguous group per thread,
 //! each running single-threaded gemms, so the split (and any sum over frames) is deterministic.
 //! Other devices and dtypes go to candle's `conv2d`.
 
@@ -198,15 +199,23 @@ elem_with_scratch!(f32);
 elem_with_scratch!(f64);
 
 /// One frame `[C, H, W]` -> its im2col `[C*k*k, Ho*Wo]`, row `(c*k + ki)*k + kj` starting at
-/// `dst[row * row_stride]` (a stride above `Ho*Wo` interleaves several frames' columns).
-fn im2col<T: Elem>(g: &Geom, src: &[T], dst: &mut [T], row_stride: usize) {
-    let (k, l, hw) = (g.k, g.l(), g.h * g.w);
+/// `dst[row * row_stride]` (a stride above `Ho*Wo` interleaves several frames' columns); only
+/// the columns of output rows `out_rows` (all of them: `0..Ho`).
+fn im2col<T: Elem>(
+    g: &Geom,
+    src: &[T],
+    dst: &mut [T],
+    row_stride: usize,
+    out_rows: std::ops::Range<usize>,
+) {
+    let (k, hw) = (g.k, g.h * g.w);
+    let l = out_rows.len() * g.wo;
     for row in 0..g.kk() {
         let out = &mut dst[row * row_stride..row * row_stride + l];
         let (c, ki, kj) = (row / (k * k), (row / k) % k, row % k);
         let plane = &src[c * hw..(c + 1) * hw];
         let (lo, hi) = g.valid_cols(kj);
-        for (oh, orow) in out.chunks_exact_mut(g.wo).enumerate() {
+        for (oh, orow) in out_rows.clone().zip(out.chunks_exact_mut(g.wo)) {
             let Some(ih) = g.in_row(oh, ki) else {
                 orow.fill(T::zero());
                 continue;
@@ -263,6 +272,10 @@ fn col2im<T: Elem>(g: &Geom, cols: &[T], row_stride: usize, dst: &mut [T]) {
 /// collapses when it is only a few columns wide (ResNet's last stage at 64 px has 2x2 maps).
 const GEMM_COLS: usize = 1024;
 
+/// Elements of a band of the forward's im2col: half of a core's L2, so that the gemm reads it
+/// from cache (a whole large map's im2col, 9x its input, goes out to memory and back).
+const BAND_ELEMS: usize = 1 << 17;
+
 /// A run of `f` frames from `first` that share one gemm.
 #[derive(Debug, Clone, Copy)]
 struct Chunk {
@@ -298,6 +311,25 @@ impl Geom {
         }
     }
 
+    /// Output rows per band when the forward builds a one-frame im2col a band at a time.
+    fn band_rows(&self) -> usize {
+        (BAND_ELEMS / (self.kk() * self.wo).max(1)).clamp(1, self.ho.max(1))
+    }
+
+    /// Whether the forward builds its im2col in bands of output rows (one-frame chunks).
+    fn banded(&self) -> bool {
+        !self.direct() && self.chunk_frames() == 1 && self.band_rows() < self.ho
+    }
+
+    /// Scratch elements for the forward's im2col: one band, or [`Geom::cols_len`].
+    fn fwd_cols_len(&self) -> usize {
+        if self.banded() {
+            self.kk() * self.band_rows() * self.wo
+        } else {
+            self.cols_len()
+        }
+    }
+
     /// Scratch elements for the largest chunk's output (or output gradient) as one `[O, f*L]`
     /// matrix, when chunks have several frames.
     fn out_mat_len(&self) -> usize {
@@ -319,7 +351,7 @@ impl Geom {
         let stride = ch.f * self.l();
         for j in 0..ch.f {
             let frame = &x[(ch.first + j) * fin..(ch.first + j + 1) * fin];
-            im2col(self, frame, &mut buf[j * self.l()..], stride);
+            im2col(self, frame, &mut buf[j * self.l()..], stride, 0..self.ho);
         }
         &buf[..self.kk() * stride]
     }
@@ -382,9 +414,25 @@ impl<'a, T> Mat<'a, T> {
 
 /// `dst[a.rows, b.cols] (+)= a @ b`, `dst` contiguous; accumulates when `acc`.
 fn matmul<T: Elem>(dst: &mut [T], acc: bool, a: Mat<T>, b: Mat<T>, par: Parallelism) {
+    matmul_strided(dst, b.cols, acc, a, b, par)
+}
+
+/// [`matmul`] into rows `dst_rs` apart.
+fn matmul_strided<T: Elem>(
+    dst: &mut [T],
+    dst_rs: usize,
+    acc: bool,
+    a: Mat<T>,
+    b: Mat<T>,
+    par: Parallelism,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(
-        a.fits() && b.fits() && b.rows == k && dst.len() >= m * n,
+        a.fits()
+            && b.fits()
+            && b.rows == k
+            && dst_rs >= n
+            && (m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n),
         "conv2d gemm: operand sizes do not match"
     );
     if m == 0 || n == 0 {
@@ -392,7 +440,9 @@ fn matmul<T: Elem>(dst: &mut [T], acc: bool, a: Mat<T>, b: Mat<T>, par: Parallel
     }
     if k == 0 {
         if !acc {
-            dst[..m * n].fill(T::zero());
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(T::zero());
+            }
         }
         return;
     }
@@ -405,7 +455,7 @@ fn matmul<T: Elem>(dst: &mut [T], acc: bool, a: Mat<T>, b: Mat<T>, par: Parallel
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             acc,
             a.data.as_ptr(),
             a.cs as isize,
@@ -469,7 +519,7 @@ impl Conv {
         out.par_chunks_mut(per * g.frame_out())
             .enumerate()
             .for_each(|(grp, outs)| {
-                T::with_scratch(0, g.cols_len(), |cols| {
+                T::with_scratch(0, g.fwd_cols_len(), |cols| {
                     T::with_scratch(1, g.out_mat_len(), |tmp| {
                         self.fwd_group(x, wm, bias, grp, outs, cols, tmp)
                     })
@@ -493,10 +543,32 @@ impl Conv {
         let g = self.g;
         let (kk, l, fout) = (g.kk(), g.l(), g.frame_out());
         let ((per, _), par) = (g.groups(), g.gemm_par());
+        let epilogue = |row: &mut [T], b: T| {
+            if let Epilogue::Bias { leaky } = self.epilogue {
+                bias_row(row, b, leaky)
+            }
+        };
         for ch in g.chunks(grp) {
+            let ys = &mut outs[(ch.first - grp * per) * fout..][..ch.f * fout];
+            if g.banded() {
+                let frame = &x[ch.first * g.frame_in()..][..g.frame_in()];
+                let band = g.band_rows();
+                for r0 in (0..g.ho).step_by(band) {
+                    let rows = r0..(r0 + band).min(g.ho);
+                    let (c0, nt) = (r0 * g.wo, rows.len() * g.wo);
+                    im2col(&g, frame, cols, nt, rows);
+                    let src = Mat::new(&cols[..kk * nt], kk, nt);
+                    matmul_strided(&mut ys[c0..], l, false, wm, src, par);
+                    if let Some(b) = bias {
+                        for (row, &b) in ys.chunks_exact_mut(l).zip(b) {
+                            epilogue(&mut row[c0..c0 + nt], b);
+                        }
+                    }
+                }
+                continue;
+            }
             let ncols = ch.f * l;
             let src = Mat::new(g.cols(x, ch, cols), kk, ncols);
-            let ys = &mut outs[(ch.first - grp * per) * fout..][..ch.f * fout];
             if ch.f == 1 {
                 matmul(ys, false, wm, src, par);
             } else {
@@ -509,27 +581,27 @@ impl Conv {
                     }
                 }
             }
-            if let (Epilogue::Bias { leaky }, Some(b)) = (self.epilogue, bias) {
-                for y in ys.chunks_exact_mut(fout) {
-                    apply_bias(y, b, l, leaky);
+            if let Some(b) = bias {
+                // f frames of [O, L]: row i is channel i % O
+                for (i, row) in ys.chunks_exact_mut(l).enumerate() {
+                    epilogue(row, b[i % g.o]);
                 }
             }
         }
     }
 }
 
-fn apply_bias<T: Elem>(y: &mut [T], bias: &[T], l: usize, leaky: bool) {
+/// `row + b`, then leaky ReLU when `leaky`, in place.
+fn bias_row<T: Elem>(row: &mut [T], b: T, leaky: bool) {
     let slope = T::from_f64(crate::ops::LEAKY_SLOPE);
-    for (row, &b) in y.chunks_exact_mut(l).zip(bias) {
-        if leaky {
-            for v in row {
-                let s = *v + b;
-                *v = if s > T::zero() { s } else { s * slope };
-            }
-        } else {
-            for v in row {
-                *v += b;
-            }
+    if leaky {
+        for v in row {
+            let s = *v + b;
+            *v = if s > T::zero() { s } else { s * slope };
+        }
+    } else {
+        for v in row {
+            *v += b;
         }
     }
 }
