@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{project_root, python, run_cmd};
+use crate::{cargo, project_root, python, run_cmd};
 
 /// One corpus: its name, the files, and how they were made.
 struct Corpus {
@@ -228,8 +228,7 @@ fn write_list(name: &str, files: &[PathBuf]) -> Result<PathBuf> {
 pub fn pipeline(quick: bool) -> Result<()> {
     crate::setup::run(false)?;
     let python = python::venv_python()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_cmd(Command::new(&cargo).current_dir(project_root()).args([
+    run_cmd(cargo().current_dir(project_root()).args([
         "build",
         "--release",
         "-p",
@@ -316,8 +315,7 @@ fn print_table(rows: &[(String, String, String, Measurement)], cores: usize) {
 /// from rank 0's step records after the first step (warm-up).
 pub fn scale(steps: usize) -> Result<()> {
     crate::setup::run(true)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_cmd(Command::new(&cargo).current_dir(project_root()).args([
+    run_cmd(cargo().current_dir(project_root()).args([
         "build",
         "--release",
         "-p",
@@ -468,8 +466,7 @@ fn target_dir() -> PathBuf {
 /// Runs the model benchmark and prints the table and our eval profile.
 pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
     let python = python::venv_python()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_cmd(Command::new(&cargo).current_dir(project_root()).args([
+    run_cmd(cargo().current_dir(project_root()).args([
         "build",
         "--release",
         "-p",

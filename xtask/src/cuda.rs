@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{project_root, run_cmd};
+use crate::{cargo, project_root, run_cmd};
 
 /// Pinned together: cudarc 0.19 accepts nvcc up to 13.4, PTX from a newer nvcc does not load on
 /// driver 580 (CUDA 13.0), and NCCL 2.30 is the API of cudarc's `nccl` feature.
@@ -57,8 +57,7 @@ pub fn run() -> Result<()> {
         std::env::var("PATH").unwrap_or_default()
     );
     let target = root.join("target/cuda");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
+    let mut build = cargo();
     build
         .current_dir(&root)
         .args(["build", "--release", "-p", "cli", "--features", "cuda"])

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{display_cmd, project_root, run_cmd, setup};
+use crate::{cargo, display_cmd, project_root, run_cmd, setup};
 
 /// The recipe, relative to the project root (its paths point into `target/demo`).
 const CONFIG: &str = "assets/configs/demo_motion.toml";
@@ -35,11 +35,10 @@ pub fn run() -> Result<()> {
     };
 
     step("setup (system packages)", &mut || setup::run(false))?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     step(
         "release build of tsm-cli and the clip generator",
         &mut || {
-            run_cmd(Command::new(&cargo).current_dir(&root).args([
+            run_cmd(cargo().current_dir(&root).args([
                 "build",
                 "--release",
                 "-p",

@@ -3,11 +3,10 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{project_root, run_cmd};
+use crate::{cargo, project_root, run_cmd};
 
 /// Heap limits given to libFuzzer: the whole process (the target itself checks the
 /// per-input bound, `paddle_weights::max_heap_bytes`), and any single allocation.
@@ -18,13 +17,12 @@ const MAX_LEN: u32 = 65536;
 
 pub fn run(runs: u64, extra: &[String]) -> Result<()> {
     let root = project_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let has_fuzz = Command::new(&cargo)
+    let has_fuzz = cargo()
         .args(["fuzz", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_fuzz {
-        run_cmd(Command::new(&cargo).args(["install", "--locked", "cargo-fuzz"]))?;
+        run_cmd(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
     }
     let fuzz_dir = root.join("crates/paddle-weights/fuzz");
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -38,7 +36,7 @@ pub fn run(runs: u64, extra: &[String]) -> Result<()> {
     artifact_prefix.push(&artifacts);
     artifact_prefix.push("/");
     run_cmd(
-        Command::new(&cargo)
+        cargo()
             .current_dir(&root)
             // cargo-fuzz passes -Z flags: allowed on the pinned stable toolchain this way.
             .env("RUSTC_BOOTSTRAP", "1")

@@ -117,7 +117,7 @@ fn run() -> Result<()> {
         Cmd::Test { cargo_args } => test::run(&cargo_args),
         Cmd::BuildCuda => cuda::run(),
         Cmd::ConvertWeights { args } => run_cmd(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            cargo()
                 // The user's working directory is kept, so relative paths mean what they say.
                 .args(["run", "--release", "--quiet", "--manifest-path"])
                 .arg(project_root().join("Cargo.toml"))
@@ -139,6 +139,11 @@ fn run() -> Result<()> {
             what: BenchWhat::Model { quick, threads },
         } => bench::model(quick, threads),
     }
+}
+
+/// The cargo that runs this xtask (`CARGO`), so nested builds use the same toolchain.
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
 /// The workspace root, from this crate's manifest directory.

@@ -1,24 +1,21 @@
 //! `cargo xtask test`: the whole suite, runnable on a fresh machine.
 
-use std::process::Command;
-
 use anyhow::Result;
 
-use crate::{project_root, python, run_cmd, setup};
+use crate::{cargo, project_root, python, run_cmd, setup};
 
 /// The suite includes the data-parallel tests (`mpirun -np 2`), so it needs Open MPI and
 /// builds the workspace with the CLI's `mpi` feature.
 pub fn run(cargo_args: &[String]) -> Result<()> {
     setup::run(true)?;
     python::generate_references()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_cmd(
-        Command::new(&cargo)
+        cargo()
             .current_dir(project_root())
             .args(["fmt", "--all", "--", "--check"]),
     )?;
     run_cmd(
-        Command::new(&cargo)
+        cargo()
             .current_dir(project_root())
             .args(["test", "--workspace", "--features", "cli/mpi"])
             .env("TSM_REFERENCE_DIR", python::reference_dir())
