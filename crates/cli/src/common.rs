@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use augment::{
-    CenterCrop, ClipLoader, LoadedClip, MultiScaleCrop, Pipeline, PipelineConfig, RandomCrop,
-    RandomFlip, Scale, TenCrop, ThreeCrop, Transform,
+    CenterCrop, ClipLoader, MultiScaleCrop, Pipeline, PipelineConfig, RandomCrop, RandomFlip,
+    Scale, TenCrop, ThreeCrop, Transform,
 };
-use candle_core::{Device, Tensor};
-use rayon::prelude::*;
+use candle_core::Device;
 use serde::Deserialize;
+use train_loop::classify::Classifier;
 use tsm_model::{Tsm, TsmConfig, TsmError, CONFIG_METADATA_KEY};
-use video_io::{DecodeOptions, SampleLocation, SampleMode, Sampling};
+use video_io::{DecodeOptions, SampleMode, Sampling};
 
 use crate::Global;
 
@@ -261,118 +261,18 @@ impl ViewArgs {
     }
 }
 
-/// A model with its test-time views: videos in, class probabilities out.
-#[derive(Debug)]
-pub struct Classifier {
-    model: Tsm,
-    loader: ClipLoader,
-    device: Device,
-    /// Clips per forward pass.
+/// `weights` (BatchNorm folded for speed) scoring the test-time `views`, `batch` clips per
+/// forward pass.
+pub fn classifier(
+    weights: &Path,
+    global: &Global,
+    views: &ViewArgs,
     batch: usize,
-}
-
-/// One video's result: probabilities over the classes, or why it could not be read.
-pub type VideoResult = std::result::Result<Vec<f32>, String>;
-
-impl Classifier {
-    /// Loads `weights` (BatchNorm folded for speed) with `views` at test time.
-    pub fn new(weights: &Path, global: &Global, views: &ViewArgs, batch: usize) -> Result<Self> {
-        let device = global.device()?;
-        let model = load_model(weights, &device)?;
-        if model.config().num_classes == 0 {
-            bail!(
-                "{}: a backbone without classification head (num_classes = 0) cannot classify",
-                weights.display()
-            )
-        }
-        let loader = views.loader(model.config().num_seg, SampleMode::Valid)?;
-        let model = model.fuse_for_inference()?;
-        Ok(Self {
-            model,
-            loader,
-            device,
-            batch: batch.max(1),
-        })
-    }
-
-    /// The model's configuration.
-    pub fn config(&self) -> &TsmConfig {
-        self.model.config()
-    }
-
-    /// Clips (temporal x spatial views) each video is scored on.
-    pub fn clips_per_video(&self) -> usize {
-        self.loader.clips_per_sample(SampleMode::Valid)
-    }
-
-    /// Videos to load at once so that a step fills about one forward batch.
-    pub fn videos_per_step(&self) -> usize {
-        (self.batch / self.clips_per_video()).max(1)
-    }
-
-    /// Scores videos: decodes them in parallel, runs the clips through the model in batches and
-    /// averages each video's logits over its views before the softmax (PaddleVideo's dense test
-    /// averages the pooled features of all views, which the linear head turns into the same
-    /// mean of logits).
-    pub fn classify(&self, videos: &[SampleLocation]) -> Result<Vec<VideoResult>> {
-        let loaded: Vec<_> = videos
-            .par_iter()
-            .map(|v| self.loader.load_seeded(v, SampleMode::Valid, 0))
-            .collect();
-        let mut clips = Vec::new();
-        let mut owner = Vec::new();
-        let mut results: Vec<VideoResult> = Vec::with_capacity(videos.len());
-        for (i, l) in loaded.into_iter().enumerate() {
-            match l {
-                Ok(LoadedClip { clips: c, .. }) => {
-                    owner.extend(std::iter::repeat_n(i, c.len()));
-                    clips.extend(c);
-                    results.push(Ok(Vec::new()));
-                }
-                Err(e) => results.push(Err(e.to_string())),
-            }
-        }
-        let classes = self.config().num_classes;
-        let mut sums = vec![vec![0f64; classes]; videos.len()];
-        let mut counts = vec![0usize; videos.len()];
-        let mut start = 0;
-        while start < clips.len() {
-            // A batch holds clips of one size (custom pipelines may leave sizes unequal).
-            let shape = clips[start].shape();
-            let mut end = start + 1;
-            while end < clips.len() && end - start < self.batch && clips[end].shape() == shape {
-                end += 1;
-            }
-            let [t, c, h, w] = shape;
-            let data: Vec<f32> = clips[start..end]
-                .iter()
-                .flat_map(|clip| clip.data.iter().copied())
-                .collect();
-            let x = Tensor::from_vec(data, (end - start, t, c, h, w), &self.device)?;
-            let logits = self.model.forward(&x)?.to_vec2::<f32>()?;
-            for (row, &video) in logits.iter().zip(&owner[start..end]) {
-                for (s, &l) in sums[video].iter_mut().zip(row) {
-                    *s += f64::from(l);
-                }
-                counts[video] += 1;
-            }
-            start = end;
-        }
-        for ((r, sum), n) in results.iter_mut().zip(sums).zip(counts) {
-            if let Ok(p) = r {
-                *p = softmax(&sum.iter().map(|s| s / n as f64).collect::<Vec<_>>());
-            }
-        }
-        Ok(results)
-    }
-}
-
-/// Softmax in f64, returned as f32.
-pub fn softmax(logits: &[f64]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-    let total: f64 = exp.iter().sum();
-    exp.iter().map(|e| (e / total) as f32).collect()
+) -> Result<Classifier> {
+    let device = global.device()?;
+    let model = load_model(weights, &device)?;
+    let loader = views.loader(model.config().num_seg, SampleMode::Valid)?;
+    Classifier::new(&model, loader, device, batch).with_context(|| weights.display().to_string())
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
@@ -436,7 +336,7 @@ mod tests {
 
     #[test]
     fn softmax_and_top_k() {
-        let p = softmax(&[1.0, 3.0, 2.0, 3.0]);
+        let p = train_loop::classify::softmax(&[1.0, 3.0, 2.0, 3.0]);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(top_k(&p, 3), vec![1, 3, 2]);
         assert_eq!(top_k(&p, 10).len(), 4);

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use video_io::{read_list, ListEntry, ListFormat, ListOptions};
 
-use crate::common::{top_k, Classifier, ViewArgs};
+use crate::common::{classifier, top_k, ViewArgs};
 use crate::labels::Labels;
 use crate::{plot, Global, Outcome};
 
@@ -96,8 +96,8 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         bail!("{}: the list has no samples", args.list.display())
     }
     check_exist(&args.list, &entries)?;
-    let classifier = Classifier::new(&args.weights, global, &args.views, args.batch)?;
-    let classes = classifier.config().num_classes;
+    let classifier = classifier(&args.weights, global, &args.views, args.batch)?;
+    let classes = classifier.model().config().num_classes;
     if let Some(e) = entries.iter().find(|e| e.label >= classes) {
         bail!(
             "{}:{}: label {} is out of range for the model's {classes} classes (labels count from 0)",

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::json;
 use video_io::SampleLocation;
 
-use crate::common::{collect_videos, top_k, Classifier, ViewArgs};
+use crate::common::{classifier, collect_videos, top_k, ViewArgs};
 use crate::labels::Labels;
 use crate::{Global, Outcome};
 
@@ -49,10 +49,10 @@ pub struct Args {
 
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let (videos, empty_dirs) = collect_videos(&args.inputs)?;
-    let classifier = Classifier::new(&args.weights, global, &args.views, args.batch)?;
+    let classifier = classifier(&args.weights, global, &args.views, args.batch)?;
     let labels = Labels::load(
         args.labels.as_ref(),
-        classifier.config().num_classes,
+        classifier.model().config().num_classes,
         &args.weights,
     )?;
     let started = Instant::now();

@@ -489,7 +489,7 @@ pub fn convert(
         num_seg: opts.num_seg,
         ..TsmConfig::pptsm(depth, num_classes)
     };
-    cfg.validate().map_err(WeightsError::Config)?;
+    cfg.validate().map_err(tsm_model::TsmError::from)?;
     let expected = tsm_model::parameter_shapes(&cfg)?;
     let missing: Vec<String> = expected
         .iter()

@@ -12,6 +12,17 @@ use video_io::{DecodeOptions, ListFormat, ListOptions, Sampling};
 
 use crate::error::{Error, Result};
 
+/// A [`TrainConfig`] value outside what a run can use.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `[model]` section describes no network tsm-model can build.
+    #[error("model: {0}")]
+    Model(#[from] tsm_model::ConfigError),
+    /// Another value, named in the message as `section.key`.
+    #[error("{0}")]
+    Value(String),
+}
+
 /// Everything a training run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,42 +48,33 @@ pub struct TrainConfig {
     pub output: OutputConfig,
 }
 
-/// `[model]`: PP-TSM's hyper-parameters and the weights to start from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[model]`: the network (tsm-model's [`TsmConfig`] keys: `depth`, `num_seg`, `num_classes`,
+/// `shift`, `shift_ratio`, `dropout`) and the weights to start from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
-    /// ResNet depth (18, 34, 50, 101, 152).
-    pub depth: usize,
-    /// Frames per clip.
-    pub num_seg: usize,
-    /// Classes.
-    pub num_classes: usize,
-    /// Temporal shift on (PP-TSM) or off (TSN).
-    #[serde(default = "yes")]
-    pub shift: bool,
-    /// Channels shifted each way; default `1 / num_seg`.
-    #[serde(default)]
-    pub shift_ratio: Option<f64>,
-    /// Head dropout (ppTSMHead's `drop_ratio`).
-    #[serde(default = "half")]
-    pub dropout: f64,
+    /// The network.
+    #[serde(flatten)]
+    pub arch: TsmConfig,
     /// A checkpoint to fine-tune from (a converted `.pdparams` or one of ours). A head with
     /// another number of classes is replaced by a new one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<PathBuf>,
 }
 
-impl ModelConfig {
-    /// The tsm-model configuration.
-    pub fn tsm(&self) -> TsmConfig {
-        TsmConfig {
-            depth: self.depth,
-            num_seg: self.num_seg,
-            num_classes: self.num_classes,
-            shift_ratio: self.shift_ratio,
-            shift: self.shift,
-            dropout: self.dropout,
-        }
+// By hand rather than `#[serde(flatten)]`, which would accept any unknown key: `pretrained` is
+// taken out and the rest must be exactly a `TsmConfig` (whose unknown keys are errors).
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let pretrained = table
+            .remove("pretrained")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("pretrained: {e}")))?;
+        let arch =
+            serde_json::from_value(serde_json::Value::Object(table)).map_err(D::Error::custom)?;
+        Ok(Self { arch, pretrained })
     }
 }
 
@@ -304,32 +306,32 @@ impl TrainConfig {
                 msg,
             })?;
         }
-        cfg.validate().map_err(config_err)?;
+        cfg.validate().map_err(|e| config_err(e.to_string()))?;
         Ok(cfg)
     }
 
     /// The configuration as TOML (what `config.toml` in the run directory holds).
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| Error::Config {
-            path: PathBuf::from("<resolved config>"),
-            msg: e.to_string(),
-        })
+        toml::to_string(self)
+            .map_err(|e| ConfigError::Value(format!("the config as TOML: {e}")).into())
     }
 
     /// Checks values serde cannot.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        self.model
-            .tsm()
-            .validate()
-            .map_err(|m| format!("model: {m}"))?;
-        if self.model.num_classes == 0 {
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        self.model.arch.validate()?;
+        self.validate_values().map_err(ConfigError::Value)
+    }
+
+    fn validate_values(&self) -> std::result::Result<(), String> {
+        let arch = &self.model.arch;
+        if arch.num_classes == 0 {
             return Err("model.num_classes must be at least 1".into());
         }
-        if self.data.sampling.frames_per_clip() != self.model.num_seg {
+        if self.data.sampling.frames_per_clip() != arch.num_seg {
             return Err(format!(
                 "data.sampling gives {} frames per clip but model.num_seg is {}",
                 self.data.sampling.frames_per_clip(),
-                self.model.num_seg
+                arch.num_seg
             ));
         }
         if self.data.batch_size == 0 || self.data.valid_batch_size == Some(0) {

@@ -102,6 +102,22 @@ pub enum Error {
     /// A tsm-model checkpoint operation failed.
     #[error(transparent)]
     Model(#[from] tsm_model::TsmError),
+    /// A model without classification head was asked to classify.
+    #[error("a backbone without classification head (num_classes = 0) cannot classify")]
+    NoHead,
+    /// Test-time sampling that does not give the model's clip length.
+    #[error(
+        "the sampling gives clips of {frames} frames but the model expects num_seg = {num_seg}"
+    )]
+    ClipLength {
+        /// Frames per sampled clip.
+        frames: usize,
+        /// Frames the model takes.
+        num_seg: usize,
+    },
+    /// A config value a run cannot use.
+    #[error("invalid config: {0}")]
+    InvalidConfig(#[from] crate::config::ConfigError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

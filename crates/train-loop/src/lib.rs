@@ -17,6 +17,8 @@
 //!   atomically. `resume` continues from the newest complete one; a run killed at any point and
 //!   resumed ends with the same weights, bit for bit, as one left alone (same seed and thread
 //!   count).
+//! - **Scoring videos** ([`classify`]): a trained model over test-time views, decoded in
+//!   parallel, batched, logits averaged per video (what `tsm-cli predict` and `eval` run).
 //! - **Outputs** ([`metrics`]): PaddleVideo's log fields as plain lines and every step, epoch
 //!   and validation in `metrics.jsonl` in the run directory, beside `config.toml` (the resolved
 //!   configuration) and the checkpoints.
@@ -37,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod classify;
 pub mod comm;
 mod config;
 mod error;
@@ -47,8 +50,8 @@ pub mod optim;
 mod trainer;
 
 pub use config::{
-    DataConfig, DistillConfig, LrConfig, ModelConfig, OptimizerConfig, OutputConfig,
+    ConfigError, DataConfig, DistillConfig, LrConfig, ModelConfig, OptimizerConfig, OutputConfig,
     PreciseBnConfig, TrainConfig, TrainSection,
 };
 pub use error::{Error, Result};
-pub use trainer::{seeded_init, RunSummary, Trainer};
+pub use trainer::{RunSummary, Trainer};

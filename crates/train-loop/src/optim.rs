@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, Tensor, Var};
-use candle_nn::VarMap;
+use tsm_model::{Param as ModelParam, ParamRole};
 
 use crate::config::{LrConfig, OptimizerConfig};
 use crate::error::Result;
@@ -34,37 +34,31 @@ pub struct Momentum {
     nesterov: bool,
 }
 
-/// PP-TSM's per-parameter rules: BatchNorm weights and biases, the fc weight and bias have their
-/// own decay; the fc's learning rate is scaled.
-pub fn param_attributes(name: &str, cfg: &OptimizerConfig) -> (f64, f64) {
-    if name.ends_with(".bn.weight") || name.ends_with(".bn.bias") {
-        (cfg.bn_weight_decay, 1.0)
-    } else if name == "head.fc.weight" {
-        (cfg.fc_weight_decay, cfg.fc_weight_lr_mult)
-    } else if name == "head.fc.bias" {
-        (cfg.fc_bias_decay, cfg.fc_bias_lr_mult)
-    } else {
-        (cfg.weight_decay, 1.0)
+/// PP-TSM's per-parameter rules, `(decay, lr_mult)`: BatchNorm scales and shifts, the fc weight
+/// and bias have their own decay; the fc's learning rate is scaled.
+pub fn param_attributes(role: ParamRole, cfg: &OptimizerConfig) -> (f64, f64) {
+    match role {
+        ParamRole::BnScale | ParamRole::BnShift => (cfg.bn_weight_decay, 1.0),
+        ParamRole::FcWeight => (cfg.fc_weight_decay, cfg.fc_weight_lr_mult),
+        ParamRole::FcBias => (cfg.fc_bias_decay, cfg.fc_bias_lr_mult),
+        _ => (cfg.weight_decay, 1.0),
     }
 }
 
 impl Momentum {
-    /// The trainable variables of `varmap` (all but BN running statistics), by name, with zero
-    /// velocity.
-    pub fn new(varmap: &VarMap, cfg: &OptimizerConfig) -> Result<Self> {
-        let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    /// The trainable ones of a model's `params` (all but BN running statistics, see
+    /// `Tsm::params`), by name, with zero velocity.
+    pub fn new(params: Vec<ModelParam>, cfg: &OptimizerConfig) -> Result<Self> {
+        let model_params = params;
         let mut params = Vec::new();
-        for (name, var) in data.iter() {
-            if name.ends_with(".running_mean") || name.ends_with(".running_var") {
-                continue;
-            }
-            let (decay, lr_mult) = param_attributes(name, cfg);
+        for p in model_params.into_iter().filter(|p| p.role.is_trainable()) {
+            let (decay, lr_mult) = param_attributes(p.role, cfg);
             params.push(Param {
-                name: name.clone(),
-                var: var.clone(),
+                var: p.var()?,
+                velocity: p.tensor.zeros_like()?,
+                name: p.name,
                 decay,
                 lr_mult,
-                velocity: var.as_tensor().zeros_like()?,
             });
         }
         params.sort_by(|a, b| a.name.cmp(&b.name));

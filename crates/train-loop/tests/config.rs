@@ -23,7 +23,7 @@ fn shipped_configs_are_the_recipes() {
     assert_eq!(t.data.train_pipeline, PipelineConfig::tutorial_train());
     assert_eq!(t.data.valid_pipeline, PipelineConfig::tutorial_valid());
     assert_eq!(
-        (t.train.epochs, t.data.batch_size, t.model.num_classes),
+        (t.train.epochs, t.data.batch_size, t.model.arch.num_classes),
         (30, 16, 101)
     );
     assert_eq!((t.lr.warmup_start_lr, t.lr.cosine_base_lr), (0.0005, 0.001));
@@ -81,6 +81,27 @@ fn overrides_set_values_and_name_bad_keys() {
     assert!(m.contains("momentum"), "{m}");
     let m = msg("noequals");
     assert!(m.contains("noequals"), "{m}");
+    // [model] is tsm-model's config plus `pretrained`: its keys are checked too
+    let m = msg("model.dpeth=50");
+    assert!(
+        m.contains("model.dpeth") && m.contains("unknown field `dpeth`"),
+        "{m}"
+    );
+    let m = msg("model.depth=42");
+    assert!(m.contains("depth 42 is not one of"), "{m}");
+    let c = load(
+        "pptsm_ucf101_tutorial.toml",
+        &["model.pretrained=\"w.safetensors\""],
+    )
+    .unwrap();
+    assert_eq!(
+        c.model.pretrained.as_deref(),
+        Some(Path::new("w.safetensors"))
+    );
+    // and the resolved config round-trips through TOML
+    let again =
+        TrainConfig::from_toml_str(&c.to_toml().unwrap(), Path::new("x.toml"), &[]).unwrap();
+    assert_eq!(again, c);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use train_loop::loss::{cross_entropy, distill_loss, smoothed_targets, topk_accur
 use train_loop::optim::{param_attributes, Momentum, WarmupCosine};
 use train_loop::{LrConfig, OptimizerConfig};
 use train_loop::{TrainConfig, Trainer};
-use tsm_model::Tsm;
+use tsm_model::{ParamRole, Tsm};
 
 fn t(v: &[f32], rows: usize) -> Tensor {
     Tensor::from_vec(v.to_vec(), (rows, v.len() / rows), &Device::Cpu).unwrap()
@@ -96,20 +96,22 @@ fn warmup_cosine_follows_paddlevideo() {
 #[test]
 fn per_parameter_rules() {
     let c = OptimizerConfig::default();
-    assert_eq!(
-        param_attributes("backbone.conv1_1.bn.weight", &c),
-        (0.0, 1.0)
-    );
-    assert_eq!(
-        param_attributes("backbone.res2a.conv0.bn.bias", &c),
-        (0.0, 1.0)
-    );
-    assert_eq!(
-        param_attributes("backbone.conv1_1.conv.weight", &c),
-        (1e-4, 1.0)
-    );
-    assert_eq!(param_attributes("head.fc.weight", &c), (1e-4, 5.0));
-    assert_eq!(param_attributes("head.fc.bias", &c), (0.0, 10.0));
+    assert_eq!(param_attributes(ParamRole::BnScale, &c), (0.0, 1.0));
+    assert_eq!(param_attributes(ParamRole::BnShift, &c), (0.0, 1.0));
+    assert_eq!(param_attributes(ParamRole::ConvWeight, &c), (1e-4, 1.0));
+    assert_eq!(param_attributes(ParamRole::FcWeight, &c), (1e-4, 5.0));
+    assert_eq!(param_attributes(ParamRole::FcBias, &c), (0.0, 10.0));
+    // the optimizer takes a model's trainable tensors with their rules, by name
+    let cfg = tsm_model::TsmConfig::pptsm_r18(3).with_num_seg(2);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = Tsm::new(&cfg, vb).unwrap();
+    let opt = Momentum::new(model.params(), &c).unwrap();
+    let ps = opt.params();
+    assert_eq!(ps.len(), varmap.all_vars().len() - 2 * (3 + 16 + 4));
+    assert!(ps.windows(2).all(|w| w[0].name < w[1].name));
+    let lr_mults: Vec<f64> = ps.iter().map(|p| p.lr_mult).filter(|&m| m != 1.0).collect();
+    assert_eq!(lr_mults, [10.0, 5.0]); // head.fc.bias, head.fc.weight
 }
 
 /// The velocities the optimizer keeps are plain values: a velocity that recorded the ops that
@@ -121,7 +123,12 @@ fn velocities_hold_no_graph() {
     let w = vb
         .get_with_hints(3, "layer.weight", candle_nn::Init::Const(1.0))
         .unwrap();
-    let mut opt = Momentum::new(&varmap, &OptimizerConfig::default()).unwrap();
+    let weight = tsm_model::Param {
+        name: "layer.weight".into(),
+        role: ParamRole::ConvWeight,
+        tensor: w.clone(),
+    };
+    let mut opt = Momentum::new(vec![weight], &OptimizerConfig::default()).unwrap();
     let x = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
     for _ in 0..2 {
         let loss = (w.clone() * &x).unwrap().sqr().unwrap().sum_all().unwrap();
@@ -143,13 +150,13 @@ fn last_class_margin(dir: &std::path::Path, name: &str, extra: &str) -> f32 {
     let cfg = TrainConfig::load(&path, &[]).unwrap();
     let mut trainer = Trainer::new(cfg, false).unwrap();
     trainer.run().unwrap();
-    let (_, bias) = trainer
+    let bias = trainer
         .model()
-        .named_tensors()
+        .params()
         .into_iter()
-        .find(|(n, _)| n == "head.fc.bias")
+        .find(|p| p.role == ParamRole::FcBias)
         .unwrap();
-    let b = bias.to_vec1::<f32>().unwrap();
+    let b = bias.tensor.to_vec1::<f32>().unwrap();
     b[2] - b[0].max(b[1])
 }
 
@@ -172,11 +179,18 @@ fn a_teacher_pulls_the_student_towards_its_outputs() {
     .unwrap();
     let varmap = VarMap::new();
     let teacher = Tsm::new(
-        &cfg.model.tsm(),
+        &cfg.model.arch,
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )
     .unwrap();
-    varmap.data().lock().unwrap()["head.fc.bias"]
+    let fc_bias = teacher
+        .params()
+        .into_iter()
+        .find(|p| p.role == ParamRole::FcBias);
+    fc_bias
+        .unwrap()
+        .var()
+        .unwrap()
         .set(&Tensor::new(&[0f32, 0.0, 10.0], &Device::Cpu).unwrap())
         .unwrap();
     let teacher_path = dir.path().join("teacher.safetensors");

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{ModuleT, Optimizer, VarBuilder, VarMap, SGD};
-use tsm_model::{Profile, Tsm, TsmConfig};
+use tsm_model::internal::{forward_profiled, Profile};
+use tsm_model::{Tsm, TsmConfig};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -111,7 +112,7 @@ fn main() -> Result<()> {
             let fused = model.fuse_for_inference()?;
             if profile {
                 fused.forward(&clips)?; // warm-up
-                let (_, p) = fused.forward_profiled(&clips)?;
+                let (_, p) = forward_profiled(&fused, &clips)?;
                 print_profile(&p, batch * seg);
             }
             Box::new(move || {
@@ -120,7 +121,7 @@ fn main() -> Result<()> {
             })
         }
         "train" => {
-            let mut opt = SGD::new(Tsm::trainable_vars(&varmap), 0.01)?;
+            let mut opt = SGD::new(model.trainable_vars()?, 0.01)?;
             Box::new(move || {
                 let logits = model.forward_t(&clips, true)?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;

@@ -4,26 +4,21 @@
 //! variance, with `r = 0.9 r + 0.1 batch`. Converted weights trained further here must follow
 //! Paddle's rule, so this module writes it once.
 //!
-//! Training-mode BN on the CPU is one op with a hand-written backward (two passes over the
-//! activations each way): composed from candle's element-wise ops it took about ten passes
-//! forward and twenty backward, each allocating a full-size tensor.
+//! Training mode normalises with the batch's statistics in one op (`ops::batch_norm_train`).
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
-use rayon::prelude::*;
 
-use crate::ops::{cpu_kernel, cpu_slice, leaky, leaky_grad, leaky_relu};
+use crate::model::{Param, ParamRole};
+use crate::ops::{batch_norm_train, leaky_relu, BN_EPS};
 
-/// Paddle's default `epsilon`.
-pub const BN_EPS: f64 = 1e-5;
 /// Paddle's default `momentum`: `running = momentum * running + (1 - momentum) * batch`.
-pub const BN_MOMENTUM: f64 = 0.9;
+pub(crate) const BN_MOMENTUM: f64 = 0.9;
 
 /// `BatchNorm2D` over `[B, C, H, W]`: affine weight and bias (trainable) and running mean and
 /// variance (state, updated in training, stored in checkpoints as `running_mean`/`running_var`).
 #[derive(Debug, Clone)]
-pub struct BatchNorm {
+pub(crate) struct BatchNorm {
     weight: Tensor,
     bias: Tensor,
     running_mean: Var,
@@ -36,7 +31,7 @@ impl BatchNorm {
     ///
     /// When `vb` is backed by a `VarMap` the running statistics are `Var`s of that map, so the
     /// updates made in training are what the map holds (and saves).
-    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
         let mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
@@ -51,7 +46,7 @@ impl BatchNorm {
     }
 
     /// Per-channel `(scale, shift)` of the eval-mode transform `y = x * scale + shift`.
-    pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
         let inv_std = (self.running_var.as_tensor() + BN_EPS)?.sqrt()?.recip()?;
         let scale = (&self.weight * inv_std)?;
         let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
@@ -59,14 +54,10 @@ impl BatchNorm {
     }
 
     /// Normalises with the running statistics (eval) or the batch statistics (train), in which
-    /// case the running statistics are updated with Paddle's rule (biased variance, momentum 0.9).
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_act(x, train, false)
-    }
-
-    /// [`BatchNorm::forward_t`], then leaky ReLU (slope `LEAKY_SLOPE`) when `leaky`: one op in
-    /// CPU training, which saves a pass each way and keeps one activation less for the backward.
-    pub fn forward_act(&self, x: &Tensor, train: bool, leaky: bool) -> Result<Tensor> {
+    /// case the running statistics are updated with Paddle's rule (biased variance, momentum
+    /// 0.9); then leaky ReLU (slope `LEAKY_SLOPE`) when `leaky`: one op in CPU training, which
+    /// saves a pass each way and keeps one activation less for the backward.
+    pub(crate) fn forward_act(&self, x: &Tensor, train: bool, leaky: bool) -> Result<Tensor> {
         let act = |y: Tensor| if leaky { leaky_relu(&y) } else { Ok(y) };
         let c = self.weight.dim(0)?;
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
@@ -76,27 +67,7 @@ impl BatchNorm {
                 .broadcast_mul(&per_channel(&scale)?)?
                 .broadcast_add(&per_channel(&shift)?)?);
         }
-        let (y, bm, bv) = if cpu_kernel(x) {
-            let x = x.contiguous()?;
-            let stats = x.apply_op1_no_bwd(&BatchStats)?;
-            let params = Tensor::stack(&[&self.weight, &self.bias], 0)?;
-            let y = x.apply_op3(&stats, &params, BnTrain { leaky })?;
-            (y, stats.get(0)?, stats.get(1)?)
-        } else {
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
-            let inv_std = (&var + BN_EPS)?.sqrt()?.recip()?;
-            let y = centred
-                .broadcast_mul(&inv_std)?
-                .broadcast_mul(&per_channel(&self.weight)?)?
-                .broadcast_add(&per_channel(&self.bias)?)?;
-            (
-                act(y)?,
-                mean.flatten_all()?.detach(),
-                var.flatten_all()?.detach(),
-            )
-        };
+        let (y, bm, bv) = batch_norm_train(x, &self.weight, &self.bias, leaky)?;
         let m = BN_MOMENTUM;
         let new_mean = ((self.running_mean.as_tensor() * m)? + (bm * (1.0 - m))?)?;
         let new_var = ((self.running_var.as_tensor() * m)? + (bv * (1.0 - m))?)?;
@@ -105,323 +76,93 @@ impl BatchNorm {
         Ok(y)
     }
 
-    /// The running mean.
-    pub fn running_mean(&self) -> &Tensor {
-        self.running_mean.as_tensor()
-    }
-
-    /// The running (biased) variance.
-    pub fn running_var(&self) -> &Tensor {
-        self.running_var.as_tensor()
-    }
-
-    /// Appends `(name, tensor)` for weight, bias and both running statistics.
-    pub(crate) fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
+    /// Appends weight, bias and both running statistics.
+    pub(crate) fn params(&self, out: &mut Vec<Param>) {
         let p = &self.prefix;
-        out.push((format!("{p}.weight"), self.weight.clone()));
-        out.push((format!("{p}.bias"), self.bias.clone()));
-        out.push((
+        out.push(Param::new(
+            format!("{p}.weight"),
+            ParamRole::BnScale,
+            &self.weight,
+        ));
+        out.push(Param::new(
+            format!("{p}.bias"),
+            ParamRole::BnShift,
+            &self.bias,
+        ));
+        out.push(Param::new(
             format!("{p}.running_mean"),
-            self.running_mean.as_tensor().clone(),
+            ParamRole::BnMean,
+            self.running_mean.as_tensor(),
         ));
-        out.push((
+        out.push(Param::new(
             format!("{p}.running_var"),
-            self.running_var.as_tensor().clone(),
+            ParamRole::BnVariance,
+            self.running_var.as_tensor(),
         ));
     }
 }
 
-/// `(N, C, H*W)` of a contiguous `[N, C, H, W]` layout, and its data.
-fn nchw<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-) -> Result<(&'a [T], usize, usize, usize)> {
-    let (n, c, h, w) = l.shape().dims4()?;
-    Ok((cpu_slice(s, l)?, n, c, h * w))
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
 
-/// `[f(c, plane of x at n, c) for each n]` summed per channel in f64, channels in parallel.
-fn per_channel_sums<T: candle_core::WithDType>(
-    x: &[T],
-    (n, c, hw): (usize, usize, usize),
-    f: impl Fn(usize, &[T], usize) -> (f64, f64) + Sync,
-) -> Vec<(f64, f64)> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            (0..n).fold((0.0, 0.0), |acc, i| {
-                let start = (i * c + ch) * hw;
-                let (a, b) = f(ch, &x[start..start + hw], start);
-                (acc.0 + a, acc.1 + b)
-            })
-        })
-        .collect()
-}
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
 
-/// `(sum a(x[i], y[i]), sum b(x[i], y[i]))` in f64, each in 8 interleaved partial sums added in
-/// a fixed order: the compiler vectorises it (one sequential f64 sum is a chain of dependent
-/// adds, a large share of a BN layer's time) and it stays deterministic.
-fn sums2<T: candle_core::WithDType>(
-    x: &[T],
-    y: &[T],
-    a: impl Fn(f64, f64) -> f64,
-    b: impl Fn(f64, f64) -> f64,
-) -> (f64, f64) {
-    const LANES: usize = 8;
-    let (mut sa, mut sb) = ([0.0; LANES], [0.0; LANES]);
-    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let tail = xc.remainder().iter().zip(yc.remainder());
-    for (xs, ys) in xc.zip(yc) {
-        for j in 0..LANES {
-            let (u, v) = (xs[j].to_f64(), ys[j].to_f64());
-            sa[j] += a(u, v);
-            sb[j] += b(u, v);
-        }
-    }
-    for (j, (u, v)) in tail.enumerate() {
-        let (u, v) = (u.to_f64(), v.to_f64());
-        sa[j] += a(u, v);
-        sb[j] += b(u, v);
-    }
-    (sa.iter().sum(), sb.iter().sum())
-}
+    use super::*;
 
-/// Per-channel batch mean and biased variance `[2, C]` of `x [N, C, H, W]`, accumulated in f64
-/// in two passes (mean, then squared deviations), as Paddle's kernel does.
-#[derive(Debug, Clone, Copy)]
-struct BatchStats;
-
-impl BatchStats {
-    fn fwd<T: candle_core::WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
-        let (x, n, c, hw) = nchw::<T>(s, l)?;
-        let m = (n * hw) as f64;
-        let sums = per_channel_sums(x, (n, c, hw), |_, p, _| sums2(p, p, |u, _| u, |_, _| 0.0));
-        let mean: Vec<f64> = sums.iter().map(|s| s.0 / m).collect();
-        let sq = per_channel_sums(x, (n, c, hw), |ch, p, _| {
-            let mu = mean[ch];
-            sums2(p, p, |u, _| (u - mu).powi(2), |_, _| 0.0)
-        });
-        Ok(mean
-            .iter()
-            .map(|&v| T::from_f64(v))
-            .chain(sq.iter().map(|s| T::from_f64(s.0 / m)))
-            .collect())
-    }
-}
-
-impl CustomOp1 for BatchStats {
-    fn name(&self) -> &'static str {
-        "batch-stats"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let c = l.shape().dims4()?.1;
-        Ok((cpu_by_dtype!(s.dtype(), self.fwd(s, l)), (2, c).into()))
-    }
-}
-
-/// Per-channel `scale = weight / sqrt(var + eps)` from the `[2, C]` stats and params, in f64.
-fn scales(stats: &[f64], params: &[f64], c: usize) -> Vec<f64> {
-    (0..c)
-        .map(|ch| params[ch] / (stats[c + ch] + BN_EPS).sqrt())
-        .collect()
-}
-
-fn to_f64<T: candle_core::WithDType>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
-
-/// `y = (x - mean) * weight / sqrt(var + eps) + bias` from `(x, stats [2, C], params [2, C])`
-/// (params = weight; bias), then leaky ReLU when `leaky`. The stats are the batch's, computed
-/// from `x`; the backward treats them as functions of `x` (the full BN gradient) and returns
-/// none for them.
-#[derive(Debug, Clone, Copy)]
-struct BnTrain {
-    leaky: bool,
-}
-
-impl BnTrain {
-    fn fwd<T: candle_core::WithDType>(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<Vec<T>> {
-        let (x, _, c, hw) = nchw::<T>(s1, l1)?;
-        let stats = to_f64(cpu_slice::<T>(s2, l2)?);
-        let params = to_f64(cpu_slice::<T>(s3, l3)?);
-        let scale = scales(&stats, &params, c);
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(hw.max(1))
-            .zip(x.par_chunks(hw.max(1)))
-            .enumerate()
-            .for_each(|(plane, (yp, xp))| {
-                let ch = plane % c;
-                let (mu, a, b) = (
-                    T::from_f64(stats[ch]),
-                    T::from_f64(scale[ch]),
-                    T::from_f64(params[c + ch]),
-                );
-                if self.leaky {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = leaky((v - mu) * a + b);
-                    }
+    #[test]
+    fn training_updates_running_stats_like_paddle() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let bn = BatchNorm::new(2, vb.pp("bn")).unwrap();
+        // channel 0 holds 1..=8, channel 1 holds 2 * (1..=8), over B=2, H=2, W=2
+        let v: Vec<f32> = (0..16)
+            .map(|i| {
+                let (b, c, k) = (i / 8, (i / 4) % 2, i % 4);
+                let base = (b * 4 + k + 1) as f32;
+                if c == 0 {
+                    base
                 } else {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = (v - mu) * a + b;
-                    }
+                    2.0 * base
                 }
-            });
-        Ok(y)
-    }
-}
-
-impl CustomOp3 for BnTrain {
-    fn name(&self) -> &'static str {
-        "batch-norm-train"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
-        Ok((y, l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        stats: &Tensor,
-        params: &Tensor,
-        y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dy = if self.leaky { leaky_grad(y, &dy)? } else { dy };
-        let packed = Tensor::cat(&[stats, params], 0)?;
-        // [sum dy, sum dy * xhat] per channel: the bias and weight gradients
-        let sums = x.apply_op3_no_bwd(&dy, &packed, &BnGradSums)?;
-        let dx = x.apply_op3_no_bwd(&dy, &Tensor::cat(&[&packed, &sums], 0)?, &BnGradInput)?;
-        let dparams = Tensor::stack(&[sums.get(1)?, sums.get(0)?], 0)?;
-        Ok((Some(dx), None, Some(dparams)))
-    }
-}
-
-/// `[sum dy, sum dy * xhat]` per channel from `(x, dy, [stats; params])`.
-#[derive(Debug, Clone, Copy)]
-struct BnGradSums;
-
-impl BnGradSums {
-    fn fwd<T: candle_core::WithDType>(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<Vec<T>> {
-        let (x, n, c, hw) = nchw::<T>(s1, l1)?;
-        let (dy, ..) = nchw::<T>(s2, l2)?;
-        let packed = to_f64(cpu_slice::<T>(s3, l3)?);
-        let sums = per_channel_sums(x, (n, c, hw), |ch, xp, start| {
-            let (mu, inv_std) = (packed[ch], 1.0 / (packed[c + ch] + BN_EPS).sqrt());
-            let dyp = &dy[start..start + xp.len()];
-            sums2(xp, dyp, |_, g| g, |v, g| g * (v - mu) * inv_std)
-        });
-        Ok(sums
-            .iter()
-            .map(|s| T::from_f64(s.0))
-            .chain(sums.iter().map(|s| T::from_f64(s.1)))
-            .collect())
-    }
-}
-
-impl CustomOp3 for BnGradSums {
-    fn name(&self) -> &'static str {
-        "batch-norm-grad-sums"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let c = l1.shape().dims4()?.1;
-        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
-        Ok((out, (2, c).into()))
-    }
-}
-
-/// `dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))` from
-/// `(x, dy, [stats; params; sums])`, the means over `N*H*W`.
-#[derive(Debug, Clone, Copy)]
-struct BnGradInput;
-
-impl BnGradInput {
-    fn fwd<T: candle_core::WithDType>(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<Vec<T>> {
-        let (x, n, c, hw) = nchw::<T>(s1, l1)?;
-        let (dy, ..) = nchw::<T>(s2, l2)?;
-        let p = to_f64(cpu_slice::<T>(s3, l3)?);
-        let (stats, params, sums) = (&p[..2 * c], &p[2 * c..4 * c], &p[4 * c..]);
-        let scale = scales(stats, params, c);
-        let m = (n * hw) as f64;
-        let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(plane, out)| {
-                let ch = plane % c;
-                let inv_std = 1.0 / (stats[c + ch] + BN_EPS).sqrt();
-                // dx = scale * (dy - sum_dy / m) - scale * inv_std * sum_dyxhat / m * (x - mean)
-                let a = T::from_f64(scale[ch]);
-                let b = T::from_f64(scale[ch] * sums[ch] / m);
-                let k = T::from_f64(scale[ch] * inv_std * sums[c + ch] / m);
-                let mu = T::from_f64(stats[ch]);
-                let start = plane * hw;
-                for ((o, &v), &g) in out.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
-                    *o = g * a - b - (v - mu) * k;
-                }
-            });
-        Ok(dx)
-    }
-}
-
-impl CustomOp3 for BnGradInput {
-    fn name(&self) -> &'static str {
-        "batch-norm-grad-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
-        Ok((out, l1.shape().clone()))
+            })
+            .collect();
+        let x = Tensor::from_vec(v, (2, 2, 2, 2), &Device::Cpu).unwrap();
+        let y = bn.forward_act(&x, true, false).unwrap();
+        // mean 4.5, biased variance 5.25 (channel 0); 9 and 21 (channel 1)
+        let rm = bn.running_mean.as_tensor().to_vec1::<f32>().unwrap();
+        let rv = bn.running_var.as_tensor().to_vec1::<f32>().unwrap();
+        assert!(
+            (rm[0] - 0.45).abs() < 1e-6 && (rm[1] - 0.9).abs() < 1e-6,
+            "{rm:?}"
+        );
+        assert!(
+            (rv[0] - (0.9 + 0.525)).abs() < 1e-5 && (rv[1] - (0.9 + 2.1)).abs() < 1e-5,
+            "{rv:?}"
+        );
+        // the output is normalised with the batch statistics
+        let y0 = y
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = (1.0 - 4.5) / (5.25f32 + 1e-5).sqrt();
+        assert!((y0[0] - want).abs() < 1e-5);
+        // the statistics live in the VarMap (so they are saved with it)
+        let data = varmap.data().lock().unwrap();
+        let stored = data["bn.running_mean"]
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(stored, rm);
+        drop(data);
+        // eval uses the running statistics and changes nothing
+        let _ = bn.forward_act(&x, false, false).unwrap();
+        assert_eq!(bn.running_mean.as_tensor().to_vec1::<f32>().unwrap(), rm);
     }
 }

@@ -127,7 +127,11 @@ pub fn read_checkpoint(
     })?;
     let cfg: TsmConfig = serde_json::from_str(json)
         .map_err(|e| meta_err(path, format!("{CONFIG_METADATA_KEY}: {e}")))?;
-    cfg.validate().map_err(|m| meta_err(path, m))?;
+    cfg.validate()
+        .map_err(|source| TsmError::CheckpointConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let tensors =
         candle_core::safetensors::load_buffer(&bytes, device).map_err(|cause| TsmError::Model {
             path: path.to_path_buf(),

@@ -10,6 +10,7 @@ pub const CONFIG_METADATA_KEY: &str = "tsm_config";
 /// `num_classes == 0` builds the backbone alone (as in ImageNet `ResNet*_vd` weights): the model
 /// then returns pooled features instead of logits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TsmConfig {
     /// ResNet depth: 18, 34 (BasicBlock), 50, 101 or 152 (Bottleneck).
     pub depth: usize,
@@ -100,24 +101,38 @@ impl TsmConfig {
         }
     }
 
-    /// Checks the values; the message names the bad field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values; the error names the bad field and its allowed values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.stage_blocks().is_none() {
-            return Err(format!(
-                "depth {} is not one of 18, 34, 50, 101, 152",
-                self.depth
-            ));
+            return Err(ConfigError::Depth(self.depth));
         }
         if self.num_seg == 0 {
-            return Err("num_seg must be at least 1".into());
+            return Err(ConfigError::NumSeg(self.num_seg));
         }
         let r = self.effective_shift_ratio();
         if !(0.0..=0.5).contains(&r) {
-            return Err(format!("shift_ratio {r} must lie in [0, 0.5]"));
+            return Err(ConfigError::ShiftRatio(r));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("dropout {} must lie in [0, 1)", self.dropout));
+            return Err(ConfigError::Dropout(self.dropout));
         }
         Ok(())
     }
+}
+
+/// A [`TsmConfig`] field outside what the model can be built with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// `depth` is not a ResNet the backbone has.
+    #[error("depth {0} is not one of 18, 34, 50, 101, 152")]
+    Depth(usize),
+    /// `num_seg` is zero.
+    #[error("num_seg {0} must be at least 1")]
+    NumSeg(usize),
+    /// The shift ratio would shift more than all channels.
+    #[error("shift_ratio {0} must lie in [0, 0.5]")]
+    ShiftRatio(f64),
+    /// `dropout` is not a probability the head can drop with.
+    #[error("dropout {0} must lie in [0, 1)")]
+    Dropout(f64),
 }

@@ -1,8 +1,8 @@
-//! The crate's error type for checkpoint I/O.
+//! The crate's error type: configs, checkpoint I/O, tensor operations.
 
 use std::path::PathBuf;
 
-/// What can go wrong loading or saving a checkpoint.
+/// What can go wrong building, loading or saving a model.
 #[derive(Debug, thiserror::Error)]
 pub enum TsmError {
     /// Reading or writing the file failed.
@@ -11,6 +11,7 @@ pub enum TsmError {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         cause: std::io::Error,
     },
     /// The safetensors header or its metadata is malformed or lacks the model config.
@@ -27,7 +28,19 @@ pub enum TsmError {
         /// The file.
         path: PathBuf,
         /// candle's error, naming the tensor.
+        #[source]
         cause: candle_core::Error,
+    },
+    /// The config describes no model this crate can build.
+    #[error("model config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A checkpoint's config describes no model this crate can build.
+    #[error("{path}: {source}")]
+    CheckpointConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the config.
+        source: crate::config::ConfigError,
     },
     /// A tensor operation failed.
     #[error(transparent)]

@@ -23,12 +23,13 @@
 //! | `head.fc.weight` `[K, C]` | `head.fc.weight` `[C, K]` (transposed) | |
 //! | `head.fc.bias` | `head.fc.bias` | |
 //!
-//! [`parameter_shapes`] lists every name and shape for a config.
+//! [`parameter_shapes`] lists every name and shape for a config; [`Tsm::params`] gives each
+//! tensor with its [`ParamRole`], which is what training code should go by.
 
 #![warn(missing_docs)]
 
 /// `$obj.$method::<T>(args)` with `T` = f32 or f64 by `$dtype`, wrapped as CPU storage: the
-/// dtypes the hand-written CPU kernels ([`ops::cpu_kernel`]) run in.
+/// dtypes the hand-written CPU kernels run in.
 macro_rules! cpu_by_dtype {
     ($dtype:expr, $obj:ident . $method:ident ( $($a:expr),* )) => {
         match $dtype {
@@ -42,18 +43,34 @@ macro_rules! cpu_by_dtype {
 mod batch_norm;
 mod checkpoint;
 mod config;
-pub mod conv;
 mod error;
 mod memory;
 mod model;
-pub mod ops;
+mod ops;
 mod resnet;
 
-pub use batch_norm::{BatchNorm, BN_EPS, BN_MOMENTUM};
 pub use checkpoint::{read_checkpoint, read_metadata, write_safetensors};
-pub use config::{TsmConfig, CONFIG_METADATA_KEY};
+pub use config::{ConfigError, TsmConfig, CONFIG_METADATA_KEY};
 pub use error::TsmError;
 pub use memory::keep_freed_memory;
-pub use model::{parameter_shapes, PpTsmHead, Tsm};
+pub use model::{parameter_shapes, Param, ParamRole, Tsm};
 pub use ops::temporal_shift;
-pub use resnet::{block_name, ConvBn, Profile, ResNetTweaksTsm};
+
+// The README's example is what a downstream crate writes: compiled with the doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+/// For this workspace's benchmarks only; not part of the API and may change at any time.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::resnet::Profile;
+
+    /// Eval-mode logits and the wall time of every step of the pass (`cargo xtask bench model`).
+    pub fn forward_profiled(
+        model: &crate::Tsm,
+        clips: &candle_core::Tensor,
+    ) -> candle_core::Result<(candle_core::Tensor, Profile)> {
+        model.forward_profiled(clips)
+    }
+}

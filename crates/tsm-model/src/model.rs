@@ -3,28 +3,97 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use candle_nn::{Init, ModuleT, VarBuilder, VarMap};
+use candle_nn::{Init, ModuleT, VarBuilder};
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
 
+use crate::batch_norm::BN_MOMENTUM;
 use crate::checkpoint::{read_checkpoint, write_safetensors};
 use crate::config::{TsmConfig, CONFIG_METADATA_KEY};
 use crate::error::TsmError;
 use crate::resnet::{Profile, Recorder, ResNetTweaksTsm};
 
+/// What a tensor of the model is. The optimizer's decay and learning-rate rules, seeded
+/// initialisation and precise BN go by it, never by the tensor's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamRole {
+    /// A convolution kernel `[out, in, k, k]`.
+    ConvWeight,
+    /// The bias a BatchNorm folded into its convolution leaves ([`Tsm::fuse_for_inference`]).
+    ConvBias,
+    /// A BatchNorm's scale (`gamma`).
+    BnScale,
+    /// A BatchNorm's shift (`beta`).
+    BnShift,
+    /// A BatchNorm's running mean: state, not trained.
+    BnMean,
+    /// A BatchNorm's running (biased) variance: state, not trained.
+    BnVariance,
+    /// The classifier's weight `[classes, features]`.
+    FcWeight,
+    /// The classifier's bias.
+    FcBias,
+}
+
+impl ParamRole {
+    /// Whether an optimizer updates it (all but the BatchNorm running statistics).
+    pub fn is_trainable(self) -> bool {
+        !self.is_bn_statistic()
+    }
+
+    /// A BatchNorm running mean or variance.
+    pub fn is_bn_statistic(self) -> bool {
+        matches!(self, ParamRole::BnMean | ParamRole::BnVariance)
+    }
+}
+
+/// One tensor of the model: its checkpoint name, its role and the tensor (a `Var`'s tensor
+/// when the model was built on a `VarMap`).
+#[derive(Debug, Clone)]
+pub struct Param {
+    /// The checkpoint name (see the crate docs).
+    pub name: String,
+    /// What it is.
+    pub role: ParamRole,
+    /// The tensor.
+    pub tensor: Tensor,
+}
+
+impl Param {
+    pub(crate) fn new(name: String, role: ParamRole, tensor: &Tensor) -> Self {
+        Self {
+            name,
+            role,
+            tensor: tensor.clone(),
+        }
+    }
+
+    /// The variable behind the tensor, to update in place; an error when the model was not
+    /// built on a `VarMap` (loaded weights are constants).
+    pub fn var(&self) -> Result<Var> {
+        if !self.tensor.is_variable() {
+            candle_core::bail!(
+                "{}: not a variable (build the model on a VarMap to train it)",
+                self.name
+            )
+        }
+        Var::from_tensor(&self.tensor)
+    }
+}
+
 /// PaddleVideo's `ppTSMHead`: global average pool -> dropout -> mean over the `T` frames ->
 /// linear. Frame features are averaged *before* the fc. Tensors `head.fc.weight` `[K, C]`
 /// (candle layout; Paddle stores `[C, K]`) and `head.fc.bias` `[K]`.
 #[derive(Debug, Clone)]
-pub struct PpTsmHead {
+pub(crate) struct PpTsmHead {
     weight: Tensor,
     bias: Tensor,
-    dropout: f32,
-    num_seg: usize,
     prefix: String,
 }
 
 impl PpTsmHead {
     /// The head for `cfg` under `vb` (`head` in [`Tsm`]); fc initialised Normal(0, 0.01), bias 0.
-    pub fn new(cfg: &TsmConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TsmConfig, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("fc");
         let init = Init::Randn {
             mean: 0.0,
@@ -35,39 +104,57 @@ impl PpTsmHead {
         Ok(Self {
             weight,
             bias,
-            dropout: cfg.dropout as f32,
-            num_seg: cfg.num_seg,
             prefix: vb.prefix(),
         })
     }
 
-    /// Pooled clip features `[N, C]` from frame feature maps `[N*T, C, h, w]`.
-    pub fn pool(&self, maps: &Tensor, train: bool) -> Result<Tensor> {
-        pool_features(maps, self.num_seg, train.then_some(self.dropout))
-    }
-
     /// Logits `[N, K]` from pooled features `[N, C]`.
-    pub fn classify(&self, features: &Tensor) -> Result<Tensor> {
+    pub(crate) fn classify(&self, features: &Tensor) -> Result<Tensor> {
         features
             .matmul(&self.weight.t()?)?
             .broadcast_add(&self.bias)
     }
 
-    fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{}.weight", self.prefix), self.weight.clone()));
-        out.push((format!("{}.bias", self.prefix), self.bias.clone()));
+    fn params(&self, out: &mut Vec<Param>) {
+        let p = &self.prefix;
+        out.push(Param::new(
+            format!("{p}.weight"),
+            ParamRole::FcWeight,
+            &self.weight,
+        ));
+        out.push(Param::new(
+            format!("{p}.bias"),
+            ParamRole::FcBias,
+            &self.bias,
+        ));
+    }
+
+    /// Multiply-adds of the fc for one clip.
+    fn macs(&self) -> Result<u64> {
+        Ok(self.weight.elem_count() as u64)
     }
 }
 
-/// `[N*T, C, h, w]` -> mean over h, w -> optional dropout -> `[N, T, C]` -> mean over T.
-fn pool_features(maps: &Tensor, num_seg: usize, dropout: Option<f32>) -> Result<Tensor> {
+/// `[N*T, C, h, w]` -> mean over h, w -> dropout (a keep-or-drop draw per frame and channel
+/// from `dropout`'s generator) -> `[N, T, C]` -> mean over T.
+fn pool_features(
+    maps: &Tensor,
+    num_seg: usize,
+    dropout: Option<(f64, &mut dyn rand::RngCore)>,
+) -> Result<Tensor> {
     let (nt, c, _, _) = maps.dims4()?;
     if !nt.is_multiple_of(num_seg) {
         candle_core::bail!("{nt} frames do not make whole clips of {num_seg}")
     }
     let mut x = maps.mean((2, 3))?;
-    if let Some(p) = dropout.filter(|p| *p > 0.0) {
-        x = candle_nn::ops::dropout(&x, p)?;
+    if let Some((p, rng)) = dropout.filter(|(p, _)| *p > 0.0) {
+        // Inverted dropout as Paddle's `upscale_in_train`: kept features scaled by 1 / (1 - p).
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let mask: Vec<f32> = (0..nt * c)
+            .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, (nt, c), x.device())?.to_dtype(x.dtype())?;
+        x = (x * mask)?;
     }
     x.reshape((nt / num_seg, num_seg, c))?.mean(1)
 }
@@ -108,10 +195,11 @@ pub struct Tsm {
 impl Tsm {
     /// Builds the model under `vb` with tensors `backbone.*` and `head.*` (see the crate docs for
     /// the names). With a `VarMap`-backed builder the weights are created (Kaiming normal convs,
-    /// BN 1/0, fc Normal(0, 0.01)) and are trainable; BN running statistics live in the same map
-    /// (see [`Tsm::trainable_vars`]).
-    pub fn new(cfg: &TsmConfig, vb: VarBuilder) -> Result<Self> {
-        cfg.validate().map_err(candle_core::Error::Msg)?;
+    /// BN 1/0, fc Normal(0, 0.01), from candle's generator: [`Tsm::init_weights`] redraws them
+    /// from a seed) and are trainable ([`Tsm::trainable_vars`]); BN running statistics live in
+    /// the same map.
+    pub fn new(cfg: &TsmConfig, vb: VarBuilder) -> std::result::Result<Self, TsmError> {
+        cfg.validate()?;
         let backbone = ResNetTweaksTsm::new(cfg, vb.pp("backbone"))?;
         let head = if cfg.num_classes > 0 {
             Some(PpTsmHead::new(cfg, vb.pp("head"))?)
@@ -140,9 +228,12 @@ impl Tsm {
         let path = path.as_ref();
         let (cfg, tensors) = read_checkpoint(path, device)?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
-        Tsm::new(&cfg, vb).map_err(|cause| TsmError::Model {
-            path: path.to_path_buf(),
-            cause,
+        Tsm::new(&cfg, vb).map_err(|e| match e {
+            TsmError::Candle(cause) => TsmError::Model {
+                path: path.to_path_buf(),
+                cause,
+            },
+            e => e,
         })
     }
 
@@ -158,7 +249,12 @@ impl Tsm {
         let meta = [(CONFIG_METADATA_KEY.to_string(), cfg)]
             .into_iter()
             .collect();
-        write_safetensors(path.as_ref(), &self.named_tensors(), &meta)
+        let tensors: Vec<(String, Tensor)> = self
+            .params()
+            .into_iter()
+            .map(|p| (p.name, p.tensor))
+            .collect();
+        write_safetensors(path.as_ref(), &tensors, &meta)
     }
 
     /// The configuration.
@@ -166,35 +262,52 @@ impl Tsm {
         &self.cfg
     }
 
-    /// The backbone.
-    pub fn backbone(&self) -> &ResNetTweaksTsm {
-        &self.backbone
-    }
-
-    /// The head (`None` when `num_classes == 0`).
-    pub fn head(&self) -> Option<&PpTsmHead> {
-        self.head.as_ref()
-    }
-
-    /// Every tensor with its checkpoint name, in model order.
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    /// Every tensor with its checkpoint name and role, in model order.
+    pub fn params(&self) -> Vec<Param> {
         let mut out = Vec::new();
-        self.backbone.named_tensors(&mut out);
+        self.backbone.params(&mut out);
         if let Some(h) = &self.head {
-            h.named_tensors(&mut out);
+            h.params(&mut out);
         }
         out
     }
 
-    /// The variables of `varmap` an optimiser should update: all but BN running statistics.
-    pub fn trainable_vars(varmap: &VarMap) -> Vec<Var> {
-        let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-        let mut named: Vec<(&String, &Var)> = data
-            .iter()
-            .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
+    /// The variables an optimiser should update (all but BN running statistics), by name; an
+    /// error when the model was not built on a `VarMap`.
+    pub fn trainable_vars(&self) -> Result<Vec<Var>> {
+        let mut params: Vec<Param> = self
+            .params()
+            .into_iter()
+            .filter(|p| p.role.is_trainable())
             .collect();
-        named.sort_by(|a, b| a.0.cmp(b.0));
-        named.into_iter().map(|(_, v)| v.clone()).collect()
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        params.iter().map(Param::var).collect()
+    }
+
+    /// Redraws the weights as PaddleVideo initialises them, from generators the caller seeds:
+    /// convolutions Kaiming normal (`std = sqrt(2 / fan_in)`), the fc Normal(0, 0.01); BatchNorm
+    /// and biases keep their constant initial values. Parameter `i` of the name-sorted
+    /// [`Tsm::params`] draws from `rng_for(i)`, so a run is repeatable and independent of the
+    /// order the model was built in.
+    pub fn init_weights<R: Rng>(&self, mut rng_for: impl FnMut(usize) -> R) -> Result<()> {
+        let mut params = self.params();
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        for (i, p) in params.iter().enumerate() {
+            let dims = p.tensor.dims();
+            let std = match p.role {
+                ParamRole::ConvWeight => (2.0 / dims[1..].iter().product::<usize>() as f64).sqrt(),
+                ParamRole::FcWeight => 0.01,
+                _ => continue,
+            };
+            let normal = Normal::new(0.0f32, std as f32).map_err(candle_core::Error::wrap)?;
+            let mut rng = rng_for(i);
+            let v: Vec<f32> = (0..p.tensor.elem_count())
+                .map(|_| normal.sample(&mut rng))
+                .collect();
+            let t = Tensor::from_vec(v, dims, p.tensor.device())?.to_dtype(p.tensor.dtype())?;
+            p.var()?.set(&t)?;
+        }
+        Ok(())
     }
 
     /// Clips `[N, T, 3, H, W]` -> frames `[N*T, 3, H, W]`, checking `T`.
@@ -209,22 +322,10 @@ impl Tsm {
         clips.reshape((n * t, c, h, w))
     }
 
-    /// Frame feature maps `[N*T, C, H/32, W/32]` of clips `[N, T, 3, H, W]`.
-    pub fn feature_maps_t(&self, clips: &Tensor, train: bool) -> Result<Tensor> {
-        self.backbone.forward_t(&self.frames(clips)?, train)
-    }
-
-    /// Pooled clip features `[N, C]` (C = 2048 or 512): what the fc sees, before dropout.
+    /// Pooled clip features `[N, C]` (C = 2048 or 512): what the fc sees, in eval mode.
     pub fn features(&self, clips: &Tensor) -> Result<Tensor> {
-        pool_features(&self.feature_maps_t(clips, false)?, self.cfg.num_seg, None)
-    }
-
-    /// Pooled clip features `[N, C]`, in training mode when `train` (BN batch statistics and
-    /// dropout, as the head applies it).
-    pub fn features_t(&self, clips: &Tensor, train: bool) -> Result<Tensor> {
-        let maps = self.feature_maps_t(clips, train)?;
-        let p = (train && self.head.is_some()).then_some(self.cfg.dropout as f32);
-        pool_features(&maps, self.cfg.num_seg, p)
+        let maps = self.backbone.forward_t(&self.frames(clips)?, false)?;
+        pool_features(&maps, self.cfg.num_seg, None)
     }
 
     /// Eval-mode logits `[N, K]` (or pooled features `[N, C]` for a backbone without head).
@@ -232,9 +333,72 @@ impl Tsm {
         self.forward_t(clips, false)
     }
 
+    /// Training-mode logits: BN batch statistics (running statistics updated with Paddle's
+    /// rule) and the head's dropout drawn from `rng`, one `f64` per frame and feature channel in
+    /// row-major `[N*T, C]` order, so that a caller who seeds (and positions) the generator
+    /// repeats a run exactly.
+    pub fn forward_train(&self, clips: &Tensor, rng: &mut impl Rng) -> Result<Tensor> {
+        if self.fused {
+            candle_core::bail!("a model fused for inference cannot run in training mode")
+        }
+        let maps = self.backbone.forward_t(&self.frames(clips)?, true)?;
+        let feats = pool_features(&maps, self.cfg.num_seg, Some((self.cfg.dropout, rng)))?;
+        match &self.head {
+            Some(h) => h.classify(&feats),
+            None => Ok(feats),
+        }
+    }
+
+    /// Each BatchNorm's statistics over `clips` in training mode, as `(role, name, statistic)`
+    /// with role [`ParamRole::BnMean`] or [`ParamRole::BnVariance`] (biased), in
+    /// [`Tsm::params`] order: what precise BN averages. The running statistics are left as they
+    /// were.
+    pub fn batch_norm_statistics(&self, clips: &Tensor) -> Result<Vec<Param>> {
+        let stats: Vec<Param> = self
+            .params()
+            .into_iter()
+            .filter(|p| p.role.is_bn_statistic())
+            .collect();
+        let vars: Vec<Var> = stats.iter().map(Param::var).collect::<Result<_>>()?;
+        let saved: Vec<Tensor> = vars
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<Result<_>>()?;
+        // From zero, one training update leaves (1 - momentum) * the batch's statistic.
+        for v in &vars {
+            v.set(&v.as_tensor().zeros_like()?)?;
+        }
+        let run = self.backbone.forward_t(&self.frames(clips)?, true);
+        let batch: Vec<Tensor> = vars
+            .iter()
+            .map(|v| v.as_tensor() / (1.0 - BN_MOMENTUM))
+            .collect::<Result<_>>()?;
+        for (v, s) in vars.iter().zip(&saved) {
+            v.set(s)?;
+        }
+        run?;
+        Ok(stats
+            .into_iter()
+            .zip(batch)
+            .map(|(p, tensor)| Param { tensor, ..p })
+            .collect())
+    }
+
+    /// Floating-point operations (2 per multiply-add) of the convolutions and the classifier for
+    /// one clip of `num_seg` frames of `height` x `width`; BatchNorm, activations, pooling and
+    /// the shift are left out, as PaddleVideo's and MMAction2's FLOPs tables do.
+    pub fn flops_per_clip(&self, height: usize, width: usize) -> Result<u64> {
+        let frame = self.backbone.macs((height, width))?;
+        let head = match &self.head {
+            Some(h) => h.macs()?,
+            None => 0,
+        };
+        Ok(2 * (frame * self.cfg.num_seg as u64 + head))
+    }
+
     /// Eval-mode logits (as [`Tsm::forward`]) and the wall time of every step of the pass: the
     /// per-layer profile `cargo xtask bench model` prints.
-    pub fn forward_profiled(&self, clips: &Tensor) -> Result<(Tensor, Profile)> {
+    pub(crate) fn forward_profiled(&self, clips: &Tensor) -> Result<(Tensor, Profile)> {
         let mut profile = Profile::new();
         let maps = self.backbone.forward_rec(
             &self.frames(clips)?,
@@ -264,13 +428,13 @@ impl Tsm {
 }
 
 impl ModuleT for Tsm {
-    /// Logits `[N, K]` of clips `[N, T, 3, H, W]`; `train` turns on dropout and BN batch
-    /// statistics (updating the running statistics with Paddle's rule).
+    /// Logits `[N, K]` of clips `[N, T, 3, H, W]`; `train` turns on dropout (from the thread's
+    /// generator; [`Tsm::forward_train`] takes a seeded one) and BN batch statistics.
     fn forward_t(&self, clips: &Tensor, train: bool) -> Result<Tensor> {
-        if train && self.fused {
-            candle_core::bail!("a model fused for inference cannot run in training mode")
+        if train {
+            return self.forward_train(clips, &mut rand::rng());
         }
-        let feats = self.features_t(clips, train)?;
+        let feats = self.features(clips)?;
         match &self.head {
             Some(h) => h.classify(&feats),
             None => Ok(feats),
@@ -280,7 +444,9 @@ impl ModuleT for Tsm {
 
 /// Every tensor name and shape of a model with `cfg`, in model order, without allocating the
 /// weights: the name table the converter maps Paddle's names onto.
-pub fn parameter_shapes(cfg: &TsmConfig) -> Result<Vec<(String, Vec<usize>)>> {
+pub fn parameter_shapes(
+    cfg: &TsmConfig,
+) -> std::result::Result<Vec<(String, Vec<usize>)>, TsmError> {
     let recorder = ShapeRecorder::default();
     let vb = VarBuilder::from_backend(Box::new(recorder.clone()), DType::F32, Device::Cpu);
     // The model is dropped at once: its weights are zero-strided views of one scalar.

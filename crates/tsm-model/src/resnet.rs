@@ -10,37 +10,76 @@ use candle_nn::{Init, ModuleT, VarBuilder};
 
 use crate::batch_norm::BatchNorm;
 use crate::config::TsmConfig;
-use crate::conv::{conv2d, conv2d_bias};
+use crate::model::{Param, ParamRole};
 use crate::ops::{add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1, temporal_shift};
+use crate::ops::{conv2d, conv2d_bias};
+
+/// What a [`ConvBn`] computes: a `k x k` conv from `cin` to `cout` channels with `stride`
+/// and padding `(k - 1) / 2`, leaky ReLU after the BN unless `no_act`, a 2x2 average pool
+/// before the conv when `pool_first` (ResNet-D shortcuts).
+#[derive(Debug, Clone, Copy)]
+struct ConvSpec {
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    act: bool,
+    pool_first: bool,
+}
+
+impl ConvSpec {
+    /// Stride 1, leaky ReLU, no pooling.
+    fn new(cin: usize, cout: usize, k: usize) -> Self {
+        Self {
+            cin,
+            cout,
+            k,
+            stride: 1,
+            act: true,
+            pool_first: false,
+        }
+    }
+
+    fn stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
+    }
+
+    /// No activation: the last conv of a residual branch, and shortcuts.
+    fn no_act(self) -> Self {
+        Self { act: false, ..self }
+    }
+
+    fn pool_first(self, pool_first: bool) -> Self {
+        Self { pool_first, ..self }
+    }
+}
 
 /// Paddle's `ConvBNLayer`: [avg-pool 2x2 ceil] -> conv (no bias) -> BN -> [leaky ReLU].
 ///
 /// Tensors: `{prefix}.conv.weight` `[out, in, k, k]` and `{prefix}.bn.*`. After
 /// [`ConvBn::fuse`], the BN is folded into the conv weight and a bias.
 #[derive(Debug, Clone)]
-pub struct ConvBn {
-    weight: Tensor,
-    bn: Option<BatchNorm>,
-    fused_bias: Option<Tensor>,
-    stride: usize,
-    padding: usize,
-    act: bool,
-    pool_first: bool,
+pub(crate) struct ConvBn {
+    pub(crate) weight: Tensor,
+    pub(crate) bn: Option<BatchNorm>,
+    pub(crate) fused_bias: Option<Tensor>,
+    pub(crate) stride: usize,
+    pub(crate) padding: usize,
+    pub(crate) act: bool,
+    pub(crate) pool_first: bool,
     prefix: String,
 }
 
 impl ConvBn {
-    /// A `k x k` conv from `cin` to `cout` channels, Kaiming-normal initialised when created.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        act: bool,
-        pool_first: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    /// The layer `spec` describes under `vb`, Kaiming-normal initialised when created.
+    fn new(spec: ConvSpec, vb: VarBuilder) -> Result<Self> {
+        let ConvSpec {
+            cin,
+            cout,
+            k,
+            stride,
+            ..
+        } = spec;
         let fan_in = (cin * k * k) as f64;
         let init = Init::Randn {
             mean: 0.0,
@@ -56,14 +95,14 @@ impl ConvBn {
             fused_bias: None,
             stride,
             padding: (k - 1) / 2,
-            act,
-            pool_first,
+            act: spec.act,
+            pool_first: spec.pool_first,
             prefix: vb.prefix(),
         })
     }
 
     /// The same layer with the BN folded into the conv: `w' = w * scale`, `b' = shift`.
-    pub fn fuse(&self) -> Result<Self> {
+    fn fuse(&self) -> Result<Self> {
         let Some(bn) = &self.bn else {
             return Ok(self.clone());
         };
@@ -80,14 +119,32 @@ impl ConvBn {
         })
     }
 
-    pub(crate) fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{}.conv.weight", self.prefix), self.weight.clone()));
+    fn params(&self, out: &mut Vec<Param>) {
+        let p = &self.prefix;
+        out.push(Param::new(
+            format!("{p}.conv.weight"),
+            ParamRole::ConvWeight,
+            &self.weight,
+        ));
         if let Some(bn) = &self.bn {
-            bn.named_tensors(out);
+            bn.params(out);
         }
         if let Some(b) = &self.fused_bias {
-            out.push((format!("{}.conv.bias", self.prefix), b.clone()));
+            out.push(Param::new(format!("{p}.conv.bias"), ParamRole::ConvBias, b));
         }
+    }
+
+    /// Multiply-adds of the conv on an `(h, w)` input, and its output size.
+    fn macs(&self, (h, w): (usize, usize)) -> Result<(u64, (usize, usize))> {
+        let (o, c, k, _) = self.weight.dims4()?;
+        let (h, w) = if self.pool_first {
+            (h.div_ceil(2), w.div_ceil(2))
+        } else {
+            (h, w)
+        };
+        let out = |n: usize| (n + 2 * self.padding - k) / self.stride + 1;
+        let (ho, wo) = (out(h), out(w));
+        Ok(((ho * wo * o * c * k * k) as u64, (ho, wo)))
     }
 }
 
@@ -162,9 +219,9 @@ impl Recorder<'_> {
 
 /// The shift applied at the start of every residual branch (or none, for a plain TSN).
 #[derive(Debug, Clone, Copy)]
-struct Shift {
-    num_seg: usize,
-    ratio: Option<f64>,
+pub(crate) struct Shift {
+    pub(crate) num_seg: usize,
+    pub(crate) ratio: Option<f64>,
 }
 
 impl Shift {
@@ -178,7 +235,7 @@ impl Shift {
 
 /// A residual block: Bottleneck (depth >= 50) or BasicBlock (18/34).
 #[derive(Debug, Clone)]
-enum Block {
+pub(crate) enum Block {
     /// shift -> 1x1 -> 3x3 (stride) -> 1x1 (no act), shortcut, add, leaky ReLU.
     Bottleneck {
         conv0: ConvBn,
@@ -234,6 +291,31 @@ impl Block {
         )
     }
 
+    /// Multiply-adds of the block on an `(h, w)` input, and its output size.
+    fn macs(&self, input: (usize, usize)) -> Result<(u64, (usize, usize))> {
+        let mut total = 0;
+        let mut size = input;
+        let branch: &[&ConvBn] = match self {
+            Block::Bottleneck {
+                conv0,
+                conv1,
+                conv2,
+                ..
+            } => &[conv0, conv1, conv2],
+            Block::Basic { conv0, conv1, .. } => &[conv0, conv1],
+        };
+        for c in branch {
+            let (m, s) = c.macs(size)?;
+            total += m;
+            size = s;
+        }
+        let (Block::Bottleneck { short, .. } | Block::Basic { short, .. }) = self;
+        if let Some(s) = short {
+            total += s.macs(input)?.0;
+        }
+        Ok((total, size))
+    }
+
     fn convs(&self) -> Vec<&ConvBn> {
         match self {
             Block::Bottleneck {
@@ -285,7 +367,7 @@ impl Block {
 
 /// The name of block `i` of stage `stage` (0-based), as PaddleVideo's state dicts have it:
 /// `bb_{stage}_{i}` for Bottleneck depths, `res{stage+2}{a,b,...}` for BasicBlock depths.
-pub fn block_name(cfg: &TsmConfig, stage: usize, i: usize) -> String {
+fn block_name(cfg: &TsmConfig, stage: usize, i: usize) -> String {
     if cfg.is_bottleneck() {
         format!("bb_{stage}_{i}")
     } else {
@@ -296,23 +378,22 @@ pub fn block_name(cfg: &TsmConfig, stage: usize, i: usize) -> String {
 
 /// The backbone: `[N*T, 3, H, W]` -> `[N*T, C, H/32, W/32]` feature maps.
 #[derive(Debug, Clone)]
-pub struct ResNetTweaksTsm {
-    stem: [ConvBn; 3],
-    blocks: Vec<Block>,
-    shift: Shift,
+pub(crate) struct ResNetTweaksTsm {
+    pub(crate) stem: [ConvBn; 3],
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) shift: Shift,
 }
 
 impl ResNetTweaksTsm {
-    /// Builds the backbone for `cfg` under `vb` (`backbone` in [`crate::Tsm`]).
-    pub fn new(cfg: &TsmConfig, vb: VarBuilder) -> Result<Self> {
-        cfg.validate().map_err(candle_core::Error::Msg)?;
+    /// Builds the backbone for `cfg` (validated) under `vb` (`backbone` in [`crate::Tsm`]).
+    pub(crate) fn new(cfg: &TsmConfig, vb: VarBuilder) -> Result<Self> {
         let Some(stages) = cfg.stage_blocks() else {
             candle_core::bail!("unsupported depth {}", cfg.depth)
         };
         let stem = [
-            ConvBn::new(3, 32, 3, 2, true, false, vb.pp("conv1_1"))?,
-            ConvBn::new(32, 32, 3, 1, true, false, vb.pp("conv1_2"))?,
-            ConvBn::new(32, 64, 3, 1, true, false, vb.pp("conv1_3"))?,
+            ConvBn::new(ConvSpec::new(3, 32, 3).stride(2), vb.pp("conv1_1"))?,
+            ConvBn::new(ConvSpec::new(32, 32, 3), vb.pp("conv1_2"))?,
+            ConvBn::new(ConvSpec::new(32, 64, 3), vb.pp("conv1_3"))?,
         ];
         let widths = [64, 128, 256, 512];
         let mut blocks = Vec::new();
@@ -325,35 +406,37 @@ impl ResNetTweaksTsm {
                     let cout = width * 4;
                     let short = if i == 0 {
                         // ResNet-D: pool then stride-1 conv, except the very first block
-                        let pool = stage != 0;
-                        Some(ConvBn::new(cin, cout, 1, 1, false, pool, vb.pp("short"))?)
+                        let spec = ConvSpec::new(cin, cout, 1).no_act().pool_first(stage != 0);
+                        Some(ConvBn::new(spec, vb.pp("short"))?)
                     } else {
                         None
                     };
                     Block::Bottleneck {
-                        conv0: ConvBn::new(cin, width, 1, 1, true, false, vb.pp("conv0"))?,
-                        conv1: ConvBn::new(width, width, 3, stride, true, false, vb.pp("conv1"))?,
-                        conv2: ConvBn::new(width, cout, 1, 1, false, false, vb.pp("conv2"))?,
+                        conv0: ConvBn::new(ConvSpec::new(cin, width, 1), vb.pp("conv0"))?,
+                        conv1: ConvBn::new(
+                            ConvSpec::new(width, width, 3).stride(stride),
+                            vb.pp("conv1"),
+                        )?,
+                        conv2: ConvBn::new(ConvSpec::new(width, cout, 1).no_act(), vb.pp("conv2"))?,
                         short,
                     }
                 } else {
                     let short = if i == 0 {
                         // ppvideo's BasicBlock: a strided 1x1 projection, no pooling
-                        Some(ConvBn::new(
-                            cin,
-                            width,
-                            1,
-                            stride,
-                            false,
-                            false,
-                            vb.pp("short"),
-                        )?)
+                        let spec = ConvSpec::new(cin, width, 1).stride(stride).no_act();
+                        Some(ConvBn::new(spec, vb.pp("short"))?)
                     } else {
                         None
                     };
                     Block::Basic {
-                        conv0: ConvBn::new(cin, width, 3, stride, true, false, vb.pp("conv0"))?,
-                        conv1: ConvBn::new(width, width, 3, 1, false, false, vb.pp("conv1"))?,
+                        conv0: ConvBn::new(
+                            ConvSpec::new(cin, width, 3).stride(stride),
+                            vb.pp("conv0"),
+                        )?,
+                        conv1: ConvBn::new(
+                            ConvSpec::new(width, width, 3).no_act(),
+                            vb.pp("conv1"),
+                        )?,
                         short,
                     }
                 };
@@ -377,7 +460,7 @@ impl ResNetTweaksTsm {
     }
 
     /// The same backbone with every BN folded into its conv (inference only).
-    pub fn fuse(&self) -> Result<Self> {
+    pub(crate) fn fuse(&self) -> Result<Self> {
         let f = |c: &ConvBn| c.fuse();
         Ok(Self {
             stem: [
@@ -394,15 +477,34 @@ impl ResNetTweaksTsm {
         })
     }
 
-    pub(crate) fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
+    pub(crate) fn params(&self, out: &mut Vec<Param>) {
         for c in &self.stem {
-            c.named_tensors(out);
+            c.params(out);
         }
         for b in &self.blocks {
             for c in b.convs() {
-                c.named_tensors(out);
+                c.params(out);
             }
         }
+    }
+
+    /// Multiply-adds of the convolutions for one `(h, w)` frame.
+    pub(crate) fn macs(&self, input: (usize, usize)) -> Result<u64> {
+        let mut total = 0;
+        let mut size = input;
+        for c in &self.stem {
+            let (m, s) = c.macs(size)?;
+            total += m;
+            size = s;
+        }
+        // the 3x3 stride-2 max pool
+        size = ((size.0 - 1) / 2 + 1, (size.1 - 1) / 2 + 1);
+        for b in &self.blocks {
+            let (m, s) = b.macs(size)?;
+            total += m;
+            size = s;
+        }
+        Ok(total)
     }
 }
 

@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
-use tsm_model::{parameter_shapes, Tsm, TsmConfig};
+use rand::SeedableRng;
+use tsm_model::{parameter_shapes, ConfigError, ParamRole, Tsm, TsmConfig, TsmError};
 
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -19,20 +20,14 @@ fn random_model(cfg: &TsmConfig) -> (Tsm, VarMap) {
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )
     .unwrap();
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        let n = var.as_tensor().elem_count();
-        let shape = var.as_tensor().shape().clone();
-        let r = |lo: f32, hi: f32| {
-            Tensor::rand(lo, hi, n, &Device::Cpu)
-                .unwrap()
-                .reshape(&shape)
-                .unwrap()
+    for p in model.params() {
+        let r = |lo: f32, hi: f32| Tensor::rand(lo, hi, p.tensor.shape(), &Device::Cpu).unwrap();
+        let value = match p.role {
+            ParamRole::BnVariance | ParamRole::BnScale => r(0.5, 1.5),
+            ParamRole::BnMean | ParamRole::BnShift => r(-0.2, 0.2),
+            _ => continue,
         };
-        if name.ends_with("running_var") || name.ends_with("bn.weight") {
-            var.set(&r(0.5, 1.5)).unwrap();
-        } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
-            var.set(&r(-0.2, 0.2)).unwrap();
-        }
+        p.var().unwrap().set(&value).unwrap();
     }
     (model, varmap)
 }
@@ -55,10 +50,21 @@ fn presets_and_config_json() {
     let c: TsmConfig =
         serde_json::from_str(r#"{"depth":18,"num_seg":16,"num_classes":3}"#).unwrap();
     assert!(c.shift && c.shift_ratio.is_none() && c.dropout == 0.5);
-    assert!(TsmConfig::pptsm(42, 3)
-        .validate()
-        .unwrap_err()
-        .contains("depth 42"));
+    assert_eq!(
+        TsmConfig::pptsm(42, 3).validate(),
+        Err(ConfigError::Depth(42))
+    );
+    let e = TsmConfig::pptsm(42, 3).validate().unwrap_err().to_string();
+    assert!(
+        e.contains("depth 42 is not one of 18, 34, 50, 101, 152"),
+        "{e}"
+    );
+    let no_frames = TsmConfig::pptsm_r18(3).with_num_seg(0);
+    let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+    assert!(matches!(
+        Tsm::new(&no_frames, vb),
+        Err(TsmError::Config(ConfigError::NumSeg(0)))
+    ));
 }
 
 #[test]
@@ -99,7 +105,6 @@ fn forward_shapes_and_features() {
     let x = clips(2, 4, 40);
     assert_eq!(m.forward(&x).unwrap().dims(), &[2, 5]);
     assert_eq!(m.features(&x).unwrap().dims(), &[2, 512]);
-    assert_eq!(m.feature_maps_t(&x, false).unwrap().dims(), &[8, 512, 2, 2]);
     // wrong clip length
     assert!(m
         .forward(&clips(1, 3, 40))
@@ -176,9 +181,12 @@ fn save_load_round_trip_keeps_bn_statistics() {
     assert_eq!(loaded.config(), &cfg);
     assert_eq!(rel(&loaded.forward(&x).unwrap(), &after), 0.0);
     // trainable variables exclude the statistics
-    let n_trainable = Tsm::trainable_vars(&varmap).len();
+    let n_trainable = m.trainable_vars().unwrap().len();
     let n_all = varmap.all_vars().len();
     assert_eq!(n_all - n_trainable, 2 * (3 + 16 + 4));
+    // loaded weights are constants, not variables to train
+    let e = loaded.trainable_vars().unwrap_err().to_string();
+    assert!(e.contains("not a variable"), "{e}");
 }
 
 #[test]
@@ -216,10 +224,192 @@ fn gradients_flow_in_training_mode() {
     let logits = m.forward_t(&clips(2, 2, 32), true).unwrap();
     let loss = logits.sqr().unwrap().mean_all().unwrap();
     let grads = loss.backward().unwrap();
-    let vars = Tsm::trainable_vars(&varmap);
+    let vars = m.trainable_vars().unwrap();
+    assert_eq!(vars.len(), varmap.all_vars().len() - 2 * (3 + 16 + 4));
     let with_grad = vars
         .iter()
         .filter(|v| grads.get(v.as_tensor()).is_some())
         .count();
     assert_eq!(with_grad, vars.len());
+}
+
+#[test]
+fn roles_cover_every_tensor() {
+    let cfg = TsmConfig::pptsm_r50(7).with_num_seg(2);
+    let (m, _) = random_model(&cfg);
+    let params = m.params();
+    let mut names: Vec<(String, Vec<usize>)> = params
+        .iter()
+        .map(|p| (p.name.clone(), p.tensor.dims().to_vec()))
+        .collect();
+    let mut shapes = parameter_shapes(&cfg).unwrap();
+    names.sort();
+    shapes.sort();
+    assert_eq!(names, shapes);
+    let count = |r: ParamRole| params.iter().filter(|p| p.role == r).count();
+    // 3 stem + 16 blocks * 3 + 4 shortcuts
+    for r in [
+        ParamRole::ConvWeight,
+        ParamRole::BnScale,
+        ParamRole::BnShift,
+        ParamRole::BnMean,
+        ParamRole::BnVariance,
+    ] {
+        assert_eq!(count(r), 55, "{r:?}");
+    }
+    assert_eq!(
+        (count(ParamRole::FcWeight), count(ParamRole::FcBias)),
+        (1, 1)
+    );
+    let fc = params
+        .iter()
+        .find(|p| p.role == ParamRole::FcWeight)
+        .unwrap();
+    assert_eq!(fc.tensor.dims(), [7, 2048]);
+    // fused: every BN becomes its conv's bias
+    let fused = m.fuse_for_inference().unwrap().params();
+    assert_eq!(
+        fused
+            .iter()
+            .filter(|p| p.role == ParamRole::ConvBias)
+            .count(),
+        55
+    );
+    assert!(fused.iter().all(|p| !p.role.is_bn_statistic()));
+}
+
+#[test]
+fn seeded_initialisation_is_repeatable_and_kaiming() {
+    let cfg = TsmConfig::pptsm_r18(5).with_num_seg(2);
+    let rng = |seed: u64| move |i: usize| rand_chacha::ChaCha8Rng::seed_from_u64(seed + i as u64);
+    let values = |seed: u64| {
+        let (m, _) = random_model(&cfg);
+        m.init_weights(rng(seed)).unwrap();
+        m.params()
+    };
+    let (a, b, c) = (values(1), values(1), values(2));
+    let conv = |ps: &[tsm_model::Param]| {
+        let p = ps
+            .iter()
+            .find(|p| p.name == "backbone.res3a.conv0.conv.weight")
+            .unwrap();
+        p.tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    assert_eq!(conv(&a), conv(&b));
+    assert_ne!(conv(&a), conv(&c));
+    // Kaiming normal: std sqrt(2 / fan_in), fan_in = 64 * 3 * 3 here
+    let v = conv(&a);
+    let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+    let want = (2.0f32 / (64.0 * 9.0)).sqrt();
+    assert!((std / want - 1.0).abs() < 0.05, "{std} vs {want}");
+    // BN statistics keep their values (random_model drew them), the fc std is 0.01
+    let fc = a.iter().find(|p| p.role == ParamRole::FcWeight).unwrap();
+    let f = fc.tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let std = (f.iter().map(|x| x * x).sum::<f32>() / f.len() as f32).sqrt();
+    assert!((std / 0.01 - 1.0).abs() < 0.1, "{std}");
+    // loaded models have no variables to draw into
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    random_model(&cfg).0.save(&p).unwrap();
+    let loaded = Tsm::load(&p, &Device::Cpu).unwrap();
+    assert!(loaded.init_weights(rng(1)).is_err());
+}
+
+#[test]
+fn seeded_dropout_repeats_and_drops() {
+    let cfg = TsmConfig {
+        dropout: 0.5,
+        ..TsmConfig::pptsm_r18(4).with_num_seg(2)
+    };
+    let (m, _) = random_model(&cfg);
+    let x = clips(2, 2, 32);
+    let run = |seed: u64| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        m.forward_train(&x, &mut rng).unwrap()
+    };
+    let (a, b, c) = (run(3), run(3), run(4));
+    assert_eq!(rel(&a, &b), 0.0);
+    assert!(rel(&a, &c) > 1e-3);
+    // without dropout, the draws change nothing
+    let no_drop = TsmConfig {
+        dropout: 0.0,
+        ..cfg
+    };
+    let (m, _) = random_model(&no_drop);
+    let mut r1 = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let (a, b) = (
+        m.forward_train(&x, &mut r1).unwrap(),
+        m.forward_train(&x, &mut r2).unwrap(),
+    );
+    assert_eq!(rel(&a, &b), 0.0);
+}
+
+#[test]
+fn batch_norm_statistics_are_the_batchs_and_leave_the_running_ones() {
+    let cfg = TsmConfig::pptsm_r18(3).with_num_seg(2);
+    let (m, _) = random_model(&cfg);
+    let x = clips(2, 2, 32);
+    let running = |m: &Tsm| -> Vec<Vec<f32>> {
+        m.params()
+            .iter()
+            .filter(|p| p.role.is_bn_statistic())
+            .map(|p| p.tensor.to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    let before = running(&m);
+    let stats = m.batch_norm_statistics(&x).unwrap();
+    assert_eq!(running(&m), before);
+    assert_eq!(stats.len(), before.len());
+    // the stem's first BN normalises conv1_1's output: its batch mean, computed directly
+    let first = &stats[0];
+    assert_eq!(
+        (first.name.as_str(), first.role),
+        ("backbone.conv1_1.bn.running_mean", ParamRole::BnMean)
+    );
+    let w = m.params()[0].tensor.clone();
+    let frames = x.reshape((4, 3, 32, 32)).unwrap();
+    let y = frames.conv2d(&w, 1, 2, 1, 1).unwrap();
+    let mean = y.mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap();
+    assert!(rel(&first.tensor, &mean) < 1e-5);
+    let var = &stats[1];
+    assert_eq!(var.role, ParamRole::BnVariance);
+    let want = y
+        .broadcast_sub(&mean.reshape((1, (), 1, 1)).unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_keepdim((0, 2, 3))
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    assert!(rel(&var.tensor, &want) < 1e-4);
+}
+
+#[test]
+fn flops_match_published_resnet_figures() {
+    let flops = |cfg: TsmConfig, side| {
+        // one frame per clip: the shift ratio PP-TSM would take (1 / num_seg) is out of range
+        let cfg = TsmConfig {
+            shift_ratio: Some(0.125),
+            ..cfg
+        };
+        let m = Tsm::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap();
+        m.flops_per_clip(side, side).unwrap()
+    };
+    // ResNet-50-vd: ~4.3 G multiply-adds per 224x224 frame (torchvision's ResNet-50: 4.1 G,
+    // the vd stem and shortcuts add ~0.2 G); ResNet-18-vd: ~2.0 G (ResNet-18: 1.8 G).
+    let per_frame = |cfg: TsmConfig| flops(cfg.with_num_seg(1), 224) as f64 / 2e9;
+    let r50 = per_frame(TsmConfig::pptsm_r50(0));
+    assert!((4.2..4.5).contains(&r50), "{r50}");
+    let r18 = per_frame(TsmConfig::pptsm_r18(0));
+    assert!((1.8..2.2).contains(&r18), "{r18}");
+    let eight = flops(TsmConfig::pptsm_r50(400), 224);
+    let one = flops(TsmConfig::pptsm_r50(400).with_num_seg(1), 224);
+    assert_eq!(eight - 2 * 2048 * 400, 8 * (one - 2 * 2048 * 400));
+    // odd sides round up through the ceil-mode shortcut pools as the convs do
+    assert!(
+        flops(TsmConfig::pptsm_r50(0).with_num_seg(1), 225)
+            > flops(TsmConfig::pptsm_r50(0).with_num_seg(1), 224)
+    );
 }

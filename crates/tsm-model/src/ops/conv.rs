@@ -10,27 +10,25 @@
 //! candle's own conv keeps (the input). The forward builds a large map's im2col a band of
 //! output rows at a time, small enough to stay in cache. Frames are split into one contiguous group per thread,
 //! each running single-threaded gemms, so the split (and any sum over frames) is deterministic.
-//! Other devices and dtypes go to candle's `conv2d`.
+//! Other dtypes, and CUDA until the op has its kernel, run candle's `conv2d` (the reference).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
-
-use crate::ops::{cpu_kernel, cpu_slice};
 use rayon::prelude::*;
 
+use super::activation::leaky_relu_reference;
+use super::{cpu_kernel, cpu_slice, has_cpu_kernel, per_channel, reference_fwd, reference_vjp};
+
 /// `x [N, C, H, W]` convolved with `w [O, C, k, k]`, zero padding `padding`, stride `stride`.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if !cpu_kernel(x) {
-        return x.conv2d(w, padding, stride, 1, 1);
-    }
+pub(crate) fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let op = Conv::new(x, w, stride, padding, Epilogue::None)?;
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
 /// Inference only (no backward): `conv2d(x, w) + bias`, then leaky ReLU (slope `LEAKY_SLOPE`)
 /// when `leaky`, applied while the output is still in cache.
-pub fn conv2d_bias(
+pub(crate) fn conv2d_bias(
     x: &Tensor,
     w: &Tensor,
     bias: &Tensor,
@@ -38,19 +36,36 @@ pub fn conv2d_bias(
     padding: usize,
     leaky: bool,
 ) -> Result<Tensor> {
-    if !cpu_kernel(x) {
-        let y = x
-            .conv2d(w, padding, stride, 1, 1)?
-            .broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
-        return if leaky {
-            crate::ops::leaky_relu(&y)
-        } else {
-            Ok(y)
-        };
-    }
     let op = Conv::new(x, w, stride, padding, Epilogue::Bias { leaky })?;
     x.contiguous()?
         .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op)
+}
+
+/// [`conv2d`] as candle computes it.
+pub(crate) fn conv2d_reference(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    x.conv2d(w, padding, stride, 1, 1)
+}
+
+/// [`conv2d_bias`] from candle's ops.
+pub(crate) fn conv2d_bias_reference(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    leaky: bool,
+) -> Result<Tensor> {
+    let y = conv2d_reference(x, w, stride, padding)?.broadcast_add(&per_channel(bias)?)?;
+    if leaky {
+        leaky_relu_reference(&y)
+    } else {
+        Ok(y)
+    }
 }
 
 /// Sizes of one convolution.
@@ -491,6 +506,16 @@ struct Conv {
 }
 
 impl Conv {
+    fn reference(&self, x: &[Tensor]) -> Result<Tensor> {
+        let (stride, pad) = (self.g.stride, self.g.pad);
+        match self.epilogue {
+            Epilogue::None => conv2d_reference(&x[0], &x[1], stride, pad),
+            Epilogue::Bias { leaky } => {
+                conv2d_bias_reference(&x[0], &x[1], &x[2], stride, pad, leaky)
+            }
+        }
+    }
+
     fn new(x: &Tensor, w: &Tensor, stride: usize, pad: usize, epilogue: Epilogue) -> Result<Self> {
         Ok(Self {
             g: Geom::new(x, w, stride, pad)?,
@@ -618,8 +643,21 @@ impl CustomOp2 for Conv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if !has_cpu_kernel(s1.dtype()) {
+            return reference_fwd(&[(s1, l1), (s2, l2)], |x| self.reference(x));
+        }
         let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, None));
         Ok((out, self.out_shape()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        reference_fwd(&[(s1, l1), (s2, l2)], |x| self.reference(x))
     }
 
     fn bwd(
@@ -629,6 +667,10 @@ impl CustomOp2 for Conv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if !cpu_kernel(x) {
+            let g = reference_vjp(&[x, w], grad, |x| self.reference(x))?;
+            return Ok((g.first().cloned(), g.get(1).cloned()));
+        }
         let grad = grad.contiguous()?;
         let gx = grad.apply_op2_no_bwd(w, &ConvGradInput(self.g))?;
         let gw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.g))?;
@@ -653,8 +695,23 @@ impl CustomOp3 for Conv {
         if l3.shape().elem_count() != self.g.o {
             candle_core::bail!("conv2d: bias {:?} for {} channels", l3.dims(), self.g.o)
         }
+        if !has_cpu_kernel(s1.dtype()) {
+            return reference_fwd(&[(s1, l1), (s2, l2), (s3, l3)], |x| self.reference(x));
+        }
         let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, Some((s3, l3))));
         Ok((out, self.out_shape()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        reference_fwd(&[(s1, l1), (s2, l2), (s3, l3)], |x| self.reference(x))
     }
 }
 

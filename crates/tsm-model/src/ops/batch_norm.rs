@@ -1,0 +1,389 @@
+//! Training-mode BatchNorm: the batch's statistics and the normalisation (with an optional
+//! leaky ReLU), as Paddle's `BatchNorm2D` computes them.
+//!
+//! On the CPU it is one op with a hand-written backward (two passes over the activations each
+//! way): composed from candle's element-wise ops it took about ten passes forward and twenty
+//! backward, each allocating a full-size tensor.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::activation::{leaky, leaky_grad, leaky_relu_reference};
+use super::{
+    channel_mean, cpu_kernel, cpu_slice, has_cpu_kernel, per_channel, reference_fwd, reference_vjp,
+};
+
+/// Paddle's default `epsilon`.
+pub(crate) const BN_EPS: f64 = 1e-5;
+
+/// Training-mode BatchNorm of `x [N, C, H, W]` with `weight` and `bias` `[C]`, then leaky ReLU
+/// when `leaky`: `(y, batch mean, biased batch variance)`, the statistics outside the graph.
+pub(crate) fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    leaky: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let x = x.contiguous()?;
+    let stats = x.apply_op1_no_bwd(&BatchStats)?;
+    let params = Tensor::stack(&[weight, bias], 0)?;
+    let y = x.apply_op3(&stats, &params, BnTrain { leaky })?;
+    Ok((y, stats.get(0)?, stats.get(1)?))
+}
+
+/// `(N, C, H*W)` of a contiguous `[N, C, H, W]` layout, and its data.
+fn nchw<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> Result<(&'a [T], usize, usize, usize)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    Ok((cpu_slice(s, l)?, n, c, h * w))
+}
+
+/// `[f(c, plane of x at n, c) for each n]` summed per channel in f64, channels in parallel.
+fn per_channel_sums<T: candle_core::WithDType>(
+    x: &[T],
+    (n, c, hw): (usize, usize, usize),
+    f: impl Fn(usize, &[T], usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            (0..n).fold((0.0, 0.0), |acc, i| {
+                let start = (i * c + ch) * hw;
+                let (a, b) = f(ch, &x[start..start + hw], start);
+                (acc.0 + a, acc.1 + b)
+            })
+        })
+        .collect()
+}
+
+/// `(sum a(x[i], y[i]), sum b(x[i], y[i]))` in f64, each in 8 interleaved partial sums added in
+/// a fixed order: the compiler vectorises it (one sequential f64 sum is a chain of dependent
+/// adds, a large share of a BN layer's time) and it stays deterministic.
+fn sums2<T: candle_core::WithDType>(
+    x: &[T],
+    y: &[T],
+    a: impl Fn(f64, f64) -> f64,
+    b: impl Fn(f64, f64) -> f64,
+) -> (f64, f64) {
+    const LANES: usize = 8;
+    let (mut sa, mut sb) = ([0.0; LANES], [0.0; LANES]);
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let tail = xc.remainder().iter().zip(yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for j in 0..LANES {
+            let (u, v) = (xs[j].to_f64(), ys[j].to_f64());
+            sa[j] += a(u, v);
+            sb[j] += b(u, v);
+        }
+    }
+    for (j, (u, v)) in tail.enumerate() {
+        let (u, v) = (u.to_f64(), v.to_f64());
+        sa[j] += a(u, v);
+        sb[j] += b(u, v);
+    }
+    (sa.iter().sum(), sb.iter().sum())
+}
+
+/// Per-channel batch mean and biased variance `[2, C]` of `x [N, C, H, W]`, accumulated in f64
+/// in two passes (mean, then squared deviations), as Paddle's kernel does.
+#[derive(Debug, Clone, Copy)]
+struct BatchStats;
+
+impl BatchStats {
+    fn fwd<T: candle_core::WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
+        let (x, n, c, hw) = nchw::<T>(s, l)?;
+        let m = (n * hw) as f64;
+        let sums = per_channel_sums(x, (n, c, hw), |_, p, _| sums2(p, p, |u, _| u, |_, _| 0.0));
+        let mean: Vec<f64> = sums.iter().map(|s| s.0 / m).collect();
+        let sq = per_channel_sums(x, (n, c, hw), |ch, p, _| {
+            let mu = mean[ch];
+            sums2(p, p, |u, _| (u - mu).powi(2), |_, _| 0.0)
+        });
+        Ok(mean
+            .iter()
+            .map(|&v| T::from_f64(v))
+            .chain(sq.iter().map(|s| T::from_f64(s.0 / m)))
+            .collect())
+    }
+}
+
+impl CustomOp1 for BatchStats {
+    fn name(&self) -> &'static str {
+        "batch-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !has_cpu_kernel(s.dtype()) {
+            return reference_fwd(&[(s, l)], |x| batch_stats_reference(&x[0]));
+        }
+        let c = l.shape().dims4()?.1;
+        Ok((cpu_by_dtype!(s.dtype(), self.fwd(s, l)), (2, c).into()))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        reference_fwd(&[(s, l)], |x| batch_stats_reference(&x[0]))
+    }
+}
+
+/// [`BatchStats`] from candle's ops: `[mean; biased variance]`, `[2, C]`.
+pub(super) fn batch_stats_reference(x: &Tensor) -> Result<Tensor> {
+    let mean = channel_mean(x)?;
+    let var = channel_mean(&x.broadcast_sub(&per_channel(&mean)?)?.sqr()?)?;
+    Tensor::stack(&[mean, var], 0)
+}
+
+/// [`BnTrain`] from candle's ops, given the statistics.
+pub(super) fn bn_train_reference(
+    x: &Tensor,
+    stats: &Tensor,
+    params: &Tensor,
+    leaky: bool,
+) -> Result<Tensor> {
+    let (mean, var) = (stats.get(0)?, stats.get(1)?);
+    let scale = (params.get(0)? * (var + BN_EPS)?.sqrt()?.recip()?)?;
+    let y = x
+        .broadcast_sub(&per_channel(&mean)?)?
+        .broadcast_mul(&per_channel(&scale)?)?
+        .broadcast_add(&per_channel(&params.get(1)?)?)?;
+    if leaky {
+        leaky_relu_reference(&y)
+    } else {
+        Ok(y)
+    }
+}
+
+/// Per-channel `scale = weight / sqrt(var + eps)` from the `[2, C]` stats and params, in f64.
+fn scales(stats: &[f64], params: &[f64], c: usize) -> Vec<f64> {
+    (0..c)
+        .map(|ch| params[ch] / (stats[c + ch] + BN_EPS).sqrt())
+        .collect()
+}
+
+fn to_f64<T: candle_core::WithDType>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// `y = (x - mean) * weight / sqrt(var + eps) + bias` from `(x, stats [2, C], params [2, C])`
+/// (params = weight; bias), then leaky ReLU when `leaky`. The stats are the batch's, computed
+/// from `x`; the backward treats them as functions of `x` (the full BN gradient) and returns
+/// none for them.
+#[derive(Debug, Clone, Copy)]
+struct BnTrain {
+    leaky: bool,
+}
+
+impl BnTrain {
+    fn fwd<T: candle_core::WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<Vec<T>> {
+        let (x, _, c, hw) = nchw::<T>(s1, l1)?;
+        let stats = to_f64(cpu_slice::<T>(s2, l2)?);
+        let params = to_f64(cpu_slice::<T>(s3, l3)?);
+        let scale = scales(&stats, &params, c);
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(hw.max(1))
+            .zip(x.par_chunks(hw.max(1)))
+            .enumerate()
+            .for_each(|(plane, (yp, xp))| {
+                let ch = plane % c;
+                let (mu, a, b) = (
+                    T::from_f64(stats[ch]),
+                    T::from_f64(scale[ch]),
+                    T::from_f64(params[c + ch]),
+                );
+                if self.leaky {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = leaky((v - mu) * a + b);
+                    }
+                } else {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = (v - mu) * a + b;
+                    }
+                }
+            });
+        Ok(y)
+    }
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if !has_cpu_kernel(s1.dtype()) {
+            return reference_fwd(&[(s1, l1), (s2, l2), (s3, l3)], |x| {
+                bn_train_reference(&x[0], &x[1], &x[2], self.leaky)
+            });
+        }
+        let y = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        reference_fwd(&[(s1, l1), (s2, l2), (s3, l3)], |x| {
+            bn_train_reference(&x[0], &x[1], &x[2], self.leaky)
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !cpu_kernel(x) {
+            // The statistics are functions of x: differentiate through them too.
+            let g = reference_vjp(&[x, params], dy, |x| {
+                let stats = batch_stats_reference(&x[0])?;
+                bn_train_reference(&x[0], &stats, &x[1], self.leaky)
+            })?;
+            return Ok((g.first().cloned(), None, g.get(1).cloned()));
+        }
+        let dy = dy.contiguous()?;
+        let dy = if self.leaky { leaky_grad(y, &dy)? } else { dy };
+        let packed = Tensor::cat(&[stats, params], 0)?;
+        // [sum dy, sum dy * xhat] per channel: the bias and weight gradients
+        let sums = x.apply_op3_no_bwd(&dy, &packed, &BnGradSums)?;
+        let dx = x.apply_op3_no_bwd(&dy, &Tensor::cat(&[&packed, &sums], 0)?, &BnGradInput)?;
+        let dparams = Tensor::stack(&[sums.get(1)?, sums.get(0)?], 0)?;
+        Ok((Some(dx), None, Some(dparams)))
+    }
+}
+
+/// `[sum dy, sum dy * xhat]` per channel from `(x, dy, [stats; params])`.
+#[derive(Debug, Clone, Copy)]
+struct BnGradSums;
+
+impl BnGradSums {
+    fn fwd<T: candle_core::WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<Vec<T>> {
+        let (x, n, c, hw) = nchw::<T>(s1, l1)?;
+        let (dy, ..) = nchw::<T>(s2, l2)?;
+        let packed = to_f64(cpu_slice::<T>(s3, l3)?);
+        let sums = per_channel_sums(x, (n, c, hw), |ch, xp, start| {
+            let (mu, inv_std) = (packed[ch], 1.0 / (packed[c + ch] + BN_EPS).sqrt());
+            let dyp = &dy[start..start + xp.len()];
+            sums2(xp, dyp, |_, g| g, |v, g| g * (v - mu) * inv_std)
+        });
+        Ok(sums
+            .iter()
+            .map(|s| T::from_f64(s.0))
+            .chain(sums.iter().map(|s| T::from_f64(s.1)))
+            .collect())
+    }
+}
+
+impl CustomOp3 for BnGradSums {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-sums"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = l1.shape().dims4()?.1;
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
+        Ok((out, (2, c).into()))
+    }
+}
+
+/// `dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))` from
+/// `(x, dy, [stats; params; sums])`, the means over `N*H*W`.
+#[derive(Debug, Clone, Copy)]
+struct BnGradInput;
+
+impl BnGradInput {
+    fn fwd<T: candle_core::WithDType>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<Vec<T>> {
+        let (x, n, c, hw) = nchw::<T>(s1, l1)?;
+        let (dy, ..) = nchw::<T>(s2, l2)?;
+        let p = to_f64(cpu_slice::<T>(s3, l3)?);
+        let (stats, params, sums) = (&p[..2 * c], &p[2 * c..4 * c], &p[4 * c..]);
+        let scale = scales(stats, params, c);
+        let m = (n * hw) as f64;
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(hw.max(1))
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let ch = plane % c;
+                let inv_std = 1.0 / (stats[c + ch] + BN_EPS).sqrt();
+                // dx = scale * (dy - sum_dy / m) - scale * inv_std * sum_dyxhat / m * (x - mean)
+                let a = T::from_f64(scale[ch]);
+                let b = T::from_f64(scale[ch] * sums[ch] / m);
+                let k = T::from_f64(scale[ch] * inv_std * sums[c + ch] / m);
+                let mu = T::from_f64(stats[ch]);
+                let start = plane * hw;
+                for ((o, &v), &g) in out.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
+                    *o = g * a - b - (v - mu) * k;
+                }
+            });
+        Ok(dx)
+    }
+}
+
+impl CustomOp3 for BnGradInput {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = cpu_by_dtype!(s1.dtype(), self.fwd(s1, l1, s2, l2, s3, l3));
+        Ok((out, l1.shape().clone()))
+    }
+}

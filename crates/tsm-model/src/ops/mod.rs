@@ -1,0 +1,159 @@
+//! The operators PP-TSM needs that candle lacks or runs slowly: Paddle's temporal shift,
+//! convolution, training BatchNorm (with its leaky ReLU), leaky ReLU, the residual join, and
+//! padded 3x3 max pooling; plus exclusive ceil-mode 2x2 average pooling, composed from candle's
+//! ops.
+//!
+//! Each op is one type implementing candle's custom-op trait, with three bodies:
+//! - `cpu_fwd`: a hand-written kernel for f32 and f64 (single-pass, with a hand-written
+//!   backward), and [`reference_fwd`] for the other dtypes;
+//! - `cuda_fwd`: the slot for the op's CUDA kernel; until one is written it runs the op's
+//!   reference on the GPU through [`reference_fwd`], and `bwd` differentiates the reference
+//!   ([`reference_vjp`]) wherever the CPU kernels do not run;
+//! - a slow `*_reference` function beside it, made of plain candle ops: the ground truth in
+//!   the tests, which run every op on each device the build has (`ops/tests.rs`).
+//!
+//! The CUDA bodies are written against candle's backend types, which candle keeps (as
+//! stand-ins) in builds without CUDA, so the compiler checks them in every build.
+
+mod activation;
+mod batch_norm;
+mod conv;
+mod pool;
+mod shift;
+
+pub(crate) use activation::{add_leaky_relu, leaky_relu, LEAKY_SLOPE};
+pub(crate) use batch_norm::{batch_norm_train, BN_EPS};
+pub(crate) use conv::{conv2d, conv2d_bias};
+pub(crate) use pool::{avg_pool2x2_ceil, max_pool3x3_s2_p1};
+pub use shift::temporal_shift;
+
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::op::BackpropOp;
+use candle_core::WithDType;
+use candle_core::{CpuStorage, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, Var};
+
+/// Whether `x` runs on this crate's hand-written CPU kernels (CPU, f32 or f64).
+pub(crate) fn cpu_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu() && has_cpu_kernel(x.dtype())
+}
+
+/// The dtypes the hand-written CPU kernels are instantiated for.
+fn has_cpu_kernel(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F64)
+}
+
+/// The contiguous `T` data of a kernel operand.
+pub(crate) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
+        None => candle_core::bail!("CPU kernel operands must be contiguous"),
+    }
+}
+
+/// A backend's storage as the [`Storage`] a tensor holds, and back.
+pub(crate) trait DeviceStorage: BackendStorage + Sized {
+    fn into_storage(self) -> Storage;
+    fn from_storage(s: &Storage) -> Option<&Self>;
+    /// Zeros of `shape` on this storage's device.
+    fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Self>;
+}
+
+impl DeviceStorage for CpuStorage {
+    fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Self> {
+        self.device().zeros_impl(shape, dtype)
+    }
+
+    fn into_storage(self) -> Storage {
+        Storage::Cpu(self)
+    }
+
+    fn from_storage(s: &Storage) -> Option<&Self> {
+        match s {
+            Storage::Cpu(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl DeviceStorage for CudaStorage {
+    fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Self> {
+        self.device().zeros_impl(shape, dtype)
+    }
+
+    fn into_storage(self) -> Storage {
+        Storage::Cuda(self)
+    }
+
+    fn from_storage(s: &Storage) -> Option<&Self> {
+        match s {
+            Storage::Cuda(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An op's operand as a tensor of its own (a copy, in row-major order), outside any graph.
+fn operand<S: DeviceStorage>(s: &S, l: &Layout) -> Result<Tensor> {
+    let mut dst = s.zeros(l.shape(), s.dtype())?;
+    s.copy_strided_src(&mut dst, 0, l)?;
+    Ok(Tensor::from_storage(
+        dst.into_storage(),
+        l.shape().clone(),
+        BackpropOp::none(),
+        false,
+    ))
+}
+
+/// An op's forward body made of its reference: the operands become tensors on their device,
+/// `reference` computes the result with candle's ops, and its storage is the op's output. The
+/// CPU body for dtypes without a kernel, and the CUDA body of ops without a CUDA kernel.
+pub(crate) fn reference_fwd<S: DeviceStorage>(
+    operands: &[(&S, &Layout)],
+    reference: impl FnOnce(&[Tensor]) -> Result<Tensor>,
+) -> Result<(S, Shape)> {
+    let xs: Vec<Tensor> = operands
+        .iter()
+        .map(|(s, l)| operand(*s, l))
+        .collect::<Result<_>>()?;
+    let y = reference(&xs)?.force_contiguous()?;
+    let (storage, layout) = y.storage_and_layout();
+    let Some(s) = S::from_storage(&storage) else {
+        candle_core::bail!("reference_fwd: the reference changed device")
+    };
+    Ok((s.try_clone(layout)?, layout.shape().clone()))
+}
+
+/// The gradients of `sum(reference(inputs) * grad)` with respect to each input, by candle's
+/// autograd through the reference: an op's backward wherever its CPU kernels do not run.
+pub(crate) fn reference_vjp(
+    inputs: &[&Tensor],
+    grad: &Tensor,
+    reference: impl FnOnce(&[Tensor]) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.detach()))
+        .collect::<Result<_>>()?;
+    let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = reference(&xs)?;
+    let grads = (y * grad.detach())?.sum_all()?.backward()?;
+    vars.iter()
+        .map(|v| match grads.get(v.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect()
+}
+
+/// Mean over every axis but the channel axis 1 of `[N, C, H, W]`, as `[C]`.
+fn channel_mean(x: &Tensor) -> Result<Tensor> {
+    x.mean_keepdim((0, 2, 3))?.flatten_all()
+}
+
+/// `[C]` -> `[1, C, 1, 1]`, to broadcast over `[N, C, H, W]`.
+fn per_channel(t: &Tensor) -> Result<Tensor> {
+    t.reshape((1, (), 1, 1))
+}
+
+#[cfg(test)]
+mod tests;
