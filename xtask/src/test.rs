@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::{cargo, project_root, python, run_cmd, setup};
+use crate::{cargo, features, project_root, python, run_cmd, setup};
 
 /// The suite includes the data-parallel tests (`mpirun -np 2`), so it needs Open MPI and
 /// builds the workspace with the CLI's `mpi` feature.
@@ -14,6 +14,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
             .current_dir(project_root())
             .args(["fmt", "--all", "--", "--check"]),
     )?;
+    features::check()?;
     run_cmd(
         cargo()
             .current_dir(project_root())
