@@ -39,7 +39,7 @@ enum Cmd {
         mpi: bool,
     },
     /// Run the whole suite: setup (with Open MPI), Python reference outputs, the fmt check,
-    /// check-features, then `cargo test --workspace --features cli/mpi`.
+    /// check-features, clippy (warnings denied), then `cargo test --workspace --features cli/mpi`.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
         #[arg(last = true)]
