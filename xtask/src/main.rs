@@ -7,6 +7,7 @@
 mod bench;
 mod cuda;
 mod demo;
+mod features;
 mod fuzz;
 mod python;
 mod setup;
@@ -37,8 +38,8 @@ enum Cmd {
         #[arg(long)]
         mpi: bool,
     },
-    /// Run the whole suite: setup (with Open MPI), Python reference outputs, then
-    /// `cargo test --workspace --features cli/mpi`.
+    /// Run the whole suite: setup (with Open MPI), Python reference outputs, the fmt check,
+    /// check-features, clippy (warnings denied), then `cargo test --workspace --features cli/mpi`.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
         #[arg(last = true)]
@@ -61,6 +62,9 @@ enum Cmd {
         #[arg(last = true)]
         libfuzzer_args: Vec<String>,
     },
+    /// Check that tsm-cli, tsm-model's examples and the test suite build tsm-model's dependencies
+    /// with the same features (so they share one build of candle-core).
+    CheckFeatures,
     /// Build tsm-cli with `--features cuda` (CUDA, NCCL) into target/cuda/release. Without a
     /// CUDA toolkit here, assembles CUDA 13.0 + NCCL from PyPI first (no GPU needed) and checks
     /// that the binary loads and reports the missing GPU cleanly.
@@ -115,6 +119,7 @@ fn run() -> Result<()> {
         Cmd::Demo => demo::run(),
         Cmd::Setup { mpi } => setup::run(mpi),
         Cmd::Test { cargo_args } => test::run(&cargo_args),
+        Cmd::CheckFeatures => features::check(),
         Cmd::BuildCuda => cuda::run(),
         Cmd::ConvertWeights { args } => run_cmd(
             cargo()

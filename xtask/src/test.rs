@@ -2,10 +2,11 @@
 
 use anyhow::Result;
 
-use crate::{cargo, project_root, python, run_cmd, setup};
+use crate::{cargo, features, project_root, python, run_cmd, setup};
 
 /// The suite includes the data-parallel tests (`mpirun -np 2`), so it needs Open MPI and
-/// builds the workspace with the CLI's `mpi` feature.
+/// builds the workspace with the CLI's `mpi` feature. The lints are enforced as CI would: before
+/// the suite, so a warning stops it early.
 pub fn run(cargo_args: &[String]) -> Result<()> {
     setup::run(true)?;
     python::generate_references()?;
@@ -14,6 +15,17 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
             .current_dir(project_root())
             .args(["fmt", "--all", "--", "--check"]),
     )?;
+    features::check()?;
+    run_cmd(cargo().current_dir(project_root()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--features",
+        "cli/mpi",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run_cmd(
         cargo()
             .current_dir(project_root())

@@ -5,7 +5,9 @@
 
 use augment::{Choice, Pipeline, PipelineConfig, Transform};
 use image::RgbImage;
-use test_support::{mean_abs_diff, read_json, read_safetensors, reference_dir, RefTensor};
+use test_support::{
+    max_abs_diff, mean_abs_diff, read_json, read_safetensors, reference_dir, RefTensor,
+};
 
 /// Frames of a `[T, H, W, 3]` u8 tensor.
 fn frames(t: &RefTensor) -> Vec<RgbImage> {
@@ -78,12 +80,7 @@ fn tutorial_transforms_match_python() {
             "{name}: output_size"
         );
         let mad = mean_abs_diff(&clip.data, &expected.data);
-        let max = clip
-            .data
-            .iter()
-            .zip(&expected.data)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max = max_abs_diff(&clip.data, &expected.data);
         println!("{name:32} MAD {mad:.6}  max {max:.4}");
         assert!(mad <= 0.02, "{name}: mean abs diff {mad} > 0.02");
         if mad >= worst.0 {

@@ -262,7 +262,18 @@ fn random_crop_range_and_errors() {
     // An offset that does not fit is an error, not a panic.
     let frames = clip(1, 230, 230);
     let f = Frames::new(&frames).unwrap();
-    assert!(rc.apply(f, Offset { x: 7, y: 0 }).is_err());
+    let err = rc.apply(f, Offset { x: 7, y: 0 }).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::CropTooLarge {
+                transform: "RandomCrop",
+                width: 230,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -317,7 +328,11 @@ fn flip_is_lazy_and_composes_with_crops() {
     let mut r = rng(0);
     assert!((0..100).all(|_| !RandomFlip { p: 0.0 }.sample(&mut r).unwrap()));
     assert!((0..100).all(|_| RandomFlip { p: 1.0 }.sample(&mut r).unwrap()));
-    assert!(RandomFlip { p: 1.5 }.sample(&mut r).is_err());
+    let err = RandomFlip { p: 1.5 }.sample(&mut r).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParameter { transform: "RandomFlip", reason } if reason.contains("1.5")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -355,7 +370,11 @@ fn ten_crop_and_three_crop_views() {
         ]
     );
     assert_eq!(three.offsets(256, 300).unwrap()[1], Offset { x: 0, y: 44 });
-    assert!(three.offsets(300, 300).is_err());
+    let err = three.offsets(300, 300).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParameter { transform: "ThreeCrop", reason } if reason.contains("300x300")),
+        "{err}"
+    );
     assert_eq!(three.apply(&f).unwrap().len(), 3);
 }
 
@@ -369,10 +388,25 @@ fn frames_are_checked() {
         matches!(err, Error::FrameSizeMismatch { index: 2, .. }),
         "{err}"
     );
-    assert!(Frames::new(&[RgbImage::new(0, 5)]).is_err());
+    let err = Frames::new(&[RgbImage::new(0, 5)]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::EmptyImage {
+                width: 0,
+                height: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let p = Pipeline::new(PipelineConfig::tutorial_valid()).unwrap();
-    assert!(p.apply(&frames, &mut rng(0)).is_err());
-    assert!(p.apply(&[], &mut rng(0)).is_err());
+    let err = p.apply(&frames, &mut rng(0)).unwrap_err();
+    assert!(
+        matches!(err, Error::FrameSizeMismatch { index: 2, .. }),
+        "{err}"
+    );
+    assert!(matches!(p.apply(&[], &mut rng(0)), Err(Error::EmptyClip)));
     // Too small for the train crops: an error naming the sizes.
     let small = clip(2, 100, 80);
     let crop_only = PipelineConfig {
@@ -393,7 +427,17 @@ fn normalisation_is_imagenet() {
     assert_eq!(c.data[0], expect(0.0, 0));
     assert_eq!(c.data[12], expect(255.0, 1));
     assert_eq!(c.data[35], expect(128.0, 2));
-    assert!(Normalize::new([0.0; 3], [1.0, 0.0, 1.0]).is_err());
+    let err = Normalize::new([0.0; 3], [1.0, 0.0, 1.0]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidParameter {
+                transform: "Normalization",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -471,10 +515,18 @@ fn config_round_trips_through_toml_and_json() {
         let j = serde_json::to_string(&preset).unwrap();
         assert_eq!(serde_json::from_str::<PipelineConfig>(&j).unwrap(), preset);
     }
-    let bad = r#"{"transforms": [{"Scale": {"short_size": 256, "fixed": true}}]}"#;
-    assert!(serde_json::from_str::<PipelineConfig>(bad).is_err());
-    let bad = r#"{"transforms": [], "means": [0, 0, 0]}"#;
-    assert!(serde_json::from_str::<PipelineConfig>(bad).is_err());
+    for (bad, field) in [
+        (
+            r#"{"transforms": [{"Scale": {"short_size": 256, "fixed": true}}]}"#,
+            "`fixed`",
+        ),
+        (r#"{"transforms": [], "means": [0, 0, 0]}"#, "`means`"),
+    ] {
+        let e = serde_json::from_str::<PipelineConfig>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field") && e.contains(field), "{e}");
+    }
 }
 
 #[test]
@@ -499,12 +551,26 @@ fn pipeline_checks_config_and_choices() {
 
     let mut not_last = ten;
     not_last.transforms.reverse();
-    assert!(Pipeline::new(not_last).is_err());
+    let err = Pipeline::new(not_last).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParameter { reason, .. } if reason.contains("must come last")),
+        "{err}"
+    );
     let bad_p = PipelineConfig {
         transforms: vec![Transform::RandomFlip(RandomFlip { p: -1.0 })],
         ..PipelineConfig::tutorial_train()
     };
-    assert!(Pipeline::new(bad_p).is_err());
+    let err = Pipeline::new(bad_p).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidParameter {
+                transform: "RandomFlip",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let t = Pipeline::new(PipelineConfig::tutorial_train()).unwrap();
     assert!(matches!(
@@ -559,13 +625,25 @@ fn mixup_mixes_with_a_permutation() {
     assert_eq!(out.data[5], 0.25 * 5.0 + 0.75 * 1.0);
     assert_eq!(out.lam, 0.25);
 
-    assert!(m.apply(&data[..11], &labels, &choice).is_err());
+    let err = m.apply(&data[..11], &labels, &choice).unwrap_err();
+    assert!(
+        matches!(err, Error::BatchShape { len: 11, batch: 3 }),
+        "{err}"
+    );
     let dup = MixupChoice {
         lam: 0.5,
         perm: vec![0, 0, 1],
     };
-    assert!(m.apply(&data, &labels, &dup).is_err());
-    assert!(Mixup { alpha: 0.0 }.sample(3, &mut r).is_err());
+    let err = m.apply(&data, &labels, &dup).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParameter { transform: "Mixup", reason } if reason.contains("not a permutation")),
+        "{err}"
+    );
+    let err = Mixup { alpha: 0.0 }.sample(3, &mut r).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParameter { transform: "Mixup", reason } if reason.contains("alpha = 0")),
+        "{err}"
+    );
     let a = m.mix(&data, &labels, &mut rng(1)).unwrap();
     assert_eq!(a, m.mix(&data, &labels, &mut rng(1)).unwrap());
 }

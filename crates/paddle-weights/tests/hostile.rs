@@ -5,6 +5,8 @@
 //! allocator of this test binary counts live bytes).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -46,6 +48,21 @@ fn parse_bounded(data: &[u8], what: &str) -> Result<usize, ParseError> {
         data.len()
     );
     result
+}
+
+/// Every byte of a small state dict replaced by each of a few values that are (or start) pickle
+/// opcodes: marks, stops, memo gets, huge byte strings.
+#[test]
+fn corrupted_bytes_fail_cleanly_within_the_memory_bound() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let full = common::small_valid();
+    for i in 0..full.len() {
+        for x in [0x00u8, 0xff, 0x80, b'(', b'.', b'h', 0x8e] {
+            let mut b = full.clone();
+            b[i] = x;
+            let _ = parse_bounded(&b, &format!("byte {i} set to {x:#04x}"));
+        }
+    }
 }
 
 /// One libFuzzer-style mutation: bit flips, interesting values over 1/4/8-byte fields (length

@@ -6,10 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+mod compare;
 pub mod motion;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub use compare::{max_abs_diff, mean_abs_diff, rel_l2, rel_max_diff, Values};
 
 /// The workspace root.
 pub fn project_root() -> PathBuf {
@@ -143,21 +146,6 @@ pub fn tiny_videos(dir: &Path, name: &str, n: usize, classes: usize) -> PathBuf 
     let list_path = dir.join(format!("{name}.txt"));
     std::fs::write(&list_path, list).unwrap();
     list_path
-}
-
-/// Mean absolute difference between two equally long slices.
-pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    let sum: f64 = a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).sum();
-    (sum / a.len() as f64) as f32
-}
-
-/// Relative L2 error `|a-b| / |b|`.
-pub fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    (num.sqrt() / den.sqrt().max(1e-30)) as f32
 }
 
 /// A global allocator that counts the bytes allocated and not yet freed, for tests that bound

@@ -119,7 +119,7 @@ fn file_errors_name_the_key() {
 #[test]
 fn launch_from_each_launchers_environment() {
     use std::collections::HashMap;
-    use train_loop::comm::Launch;
+    use train_loop::comm::{Launch, Launcher};
     let launch = |vars: &[(&str, &str)]| {
         let env: HashMap<String, String> = vars
             .iter()
@@ -128,7 +128,7 @@ fn launch_from_each_launchers_environment() {
         Launch::from_vars(|k| env.get(k).cloned())
     };
     let l = launch(&[]).unwrap();
-    assert_eq!((l.rank, l.world_size, l.launcher), (0, 1, "none"));
+    assert_eq!((l.rank, l.world_size, l.launcher), (0, 1, Launcher::None));
     let l = launch(&[
         ("OMPI_COMM_WORLD_RANK", "3"),
         ("OMPI_COMM_WORLD_SIZE", "4"),
@@ -139,7 +139,7 @@ fn launch_from_each_launchers_environment() {
     .unwrap();
     assert_eq!(
         (l.rank, l.world_size, l.local_rank, l.launcher),
-        (3, 4, 1, "Open MPI")
+        (3, 4, 1, Launcher::OpenMpi)
     );
     // A batch script has SLURM_NTASKS but no step: one process.
     let l = launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "64")]).unwrap();
@@ -152,12 +152,12 @@ fn launch_from_each_launchers_environment() {
     .unwrap();
     assert_eq!(
         (l.rank, l.world_size, l.local_rank, l.launcher),
-        (9, 64, 1, "Slurm")
+        (9, 64, 1, Launcher::Slurm)
     );
     let l = launch(&[("RANK", "1"), ("WORLD_SIZE", "2")]).unwrap();
     assert_eq!(
         (l.rank, l.world_size, l.local_rank, l.launcher),
-        (1, 2, 1, "torchrun")
+        (1, 2, 1, Launcher::Torchrun)
     );
     // The job's name: TSM_JOB_ID first, then the launcher's own; torchrun's default is none.
     let job = |vars: &[(&str, &str)]| launch(vars).unwrap().job;

@@ -1,8 +1,8 @@
 //! A run killed with SIGKILL at seeded random moments (mid-epoch, and in the middle of writing a
 //! checkpoint's model or state file) and resumed after each kill ends with the same weights, bit
 //! for bit, as one left alone; every resume starts from the newest complete checkpoint, never
-//! from a torn pair or a temporary file. The runs are child processes: this test binary re-run
-//! with `CHILD_ENV` set, so that they can be killed.
+//! from a torn pair or a temporary file. The runs are child processes (the crate's `train-run`
+//! binary), so that they can be killed.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -16,31 +16,16 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use train_loop::checkpoint::PAUSE_ENV;
-use train_loop::{TrainConfig, Trainer};
-
-const CHILD_ENV: &str = "TRAIN_LOOP_TEST_CHILD";
-
-/// Not a test of its own: the body of a child run, when `CHILD_ENV` holds `config|resume`.
-#[test]
-fn child_run() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let (config, resume) = spec.rsplit_once('|').unwrap();
-    let cfg = TrainConfig::load(Path::new(config), &[]).unwrap();
-    Trainer::new(cfg, resume == "1").unwrap().run().unwrap();
-}
 
 /// A child run with its stdout in `log`; `pause_ms` holds every checkpoint write open that long
 /// between writing the temporary file and renaming it.
 fn spawn(config: &Path, resume: bool, pause_ms: u64, log: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_run", "--nocapture", "--test-threads=1"])
-        .env(
-            CHILD_ENV,
-            format!("{}|{}", config.display(), u8::from(resume)),
-        )
-        .env(PAUSE_ENV, pause_ms.to_string())
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-run"));
+    cmd.arg(config);
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd.env(PAUSE_ENV, pause_ms.to_string())
         // candle's CPU kernels split work by thread count: fix it for all runs
         .env("RAYON_NUM_THREADS", "2")
         .stdout(File::create(log).unwrap())

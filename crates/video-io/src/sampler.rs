@@ -265,12 +265,15 @@ mod tests {
             num_seg: 0,
             seg_len: 1,
         };
-        assert!(z.indices_with_choices(10, SampleMode::Valid, &[]).is_err());
-        assert!(TSM8
-            .indices_with_choices(0, SampleMode::Valid, &[])
-            .is_err());
-        assert!(TSM8
-            .indices_with_choices(100, SampleMode::Train, &[1])
-            .is_err());
+        let sampling_error = |r: Result<Vec<usize>>| match r {
+            Err(Error::Sampling(m)) => m,
+            other => panic!("expected a sampling error, got {other:?}"),
+        };
+        let m = sampling_error(z.indices_with_choices(10, SampleMode::Valid, &[]));
+        assert!(m.contains("num_seg"), "{m}");
+        let m = sampling_error(TSM8.indices_with_choices(0, SampleMode::Valid, &[]));
+        assert!(m.contains("no frames"), "{m}");
+        let m = sampling_error(TSM8.indices_with_choices(100, SampleMode::Train, &[1]));
+        assert!(m.contains("fewer choices"), "{m}");
     }
 }

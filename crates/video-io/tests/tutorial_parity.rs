@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use test_support::{read_json, read_safetensors, reference_dir};
+use test_support::{max_abs_diff, mean_abs_diff, read_json, read_safetensors, reference_dir};
 use video_io::{DecodeOptions, SampleMode, Sampling, VideoReader};
 
 const TSM8: Sampling = Sampling::Segments {
@@ -38,19 +38,6 @@ fn cases() -> Vec<(String, PathBuf, serde_json::Value)> {
         .collect()
 }
 
-/// Mean and max absolute difference of two u8 images given as f32.
-fn diff(a: &[u8], b: &[f32]) -> (f32, f32) {
-    assert_eq!(a.len(), b.len());
-    let mut sum = 0f64;
-    let mut max = 0f32;
-    for (x, y) in a.iter().zip(b) {
-        let d = (f32::from(*x) - y).abs();
-        sum += f64::from(d);
-        max = max.max(d);
-    }
-    ((sum / a.len() as f64) as f32, max)
-}
-
 fn check_frames(name: &str, images: &[image::RgbImage], reference: &test_support::RefTensor) {
     assert_eq!(reference.shape[0], images.len(), "{name}");
     let (h, w) = (reference.shape[1], reference.shape[2]);
@@ -61,7 +48,8 @@ fn check_frames(name: &str, images: &[image::RgbImage], reference: &test_support
             (h, w),
             "{name} frame {i}"
         );
-        let (mean, max) = diff(img.as_raw(), &reference.data[i * per..(i + 1) * per]);
+        let (raw, want) = (&img.as_raw()[..], &reference.data[i * per..(i + 1) * per]);
+        let (mean, max) = (mean_abs_diff(raw, want), max_abs_diff(raw, want));
         // Same FFmpeg decoders; the YUV->RGB conversion may round differently by a level.
         assert!(
             mean < 0.5 && max <= 8.0,
