@@ -7,9 +7,7 @@ use rand::SeedableRng;
 use tsm_model::{parameter_shapes, ConfigError, ParamRole, Tsm, TsmConfig, TsmError};
 
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    test_support::rel_l2(&a, &b)
+    test_support::rel_l2(a, b)
 }
 
 /// A model with random weights and random BN statistics (so fusion and I/O are really tested).
