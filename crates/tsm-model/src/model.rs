@@ -57,6 +57,11 @@ impl PpTsmHead {
         out.push((format!("{}.weight", self.prefix), self.weight.clone()));
         out.push((format!("{}.bias", self.prefix), self.bias.clone()));
     }
+
+    /// The fc's weight `[K, C]` and bias `[K]`.
+    pub(crate) fn fc(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
 }
 
 /// `[N*T, C, h, w]` -> mean over h, w -> optional dropout -> `[N, T, C]` -> mean over T.

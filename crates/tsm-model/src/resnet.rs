@@ -89,6 +89,36 @@ impl ConvBn {
             out.push((format!("{}.conv.bias", self.prefix), b.clone()));
         }
     }
+
+    /// The conv weight `[out, in, k, k]` (BN folded in after [`ConvBn::fuse`]).
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The folded BN's shift, the conv bias of a fused layer.
+    pub(crate) fn fused_bias(&self) -> Option<&Tensor> {
+        self.fused_bias.as_ref()
+    }
+
+    /// `(stride, padding)` of the conv.
+    pub(crate) fn stride_padding(&self) -> (usize, usize) {
+        (self.stride, self.padding)
+    }
+
+    /// Whether a leaky ReLU follows.
+    pub(crate) fn act(&self) -> bool {
+        self.act
+    }
+
+    /// Whether a 2x2 exclusive ceil-mode average pool comes first.
+    pub(crate) fn pool_first(&self) -> bool {
+        self.pool_first
+    }
+
+    /// The checkpoint name prefix, e.g. `backbone.conv1_1`.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
 }
 
 impl ConvBn {
@@ -403,6 +433,38 @@ impl ResNetTweaksTsm {
                 c.named_tensors(out);
             }
         }
+    }
+
+    /// The three stem convs (a 3x3 stride-2 max pool follows them).
+    pub(crate) fn stem(&self) -> &[ConvBn; 3] {
+        &self.stem
+    }
+
+    /// Every block as its branch convs in order and its shortcut conv (identity when `None`):
+    /// Bottleneck and BasicBlock differ only in the branch.
+    pub(crate) fn block_convs(&self) -> Vec<(Vec<&ConvBn>, Option<&ConvBn>)> {
+        self.blocks
+            .iter()
+            .map(|b| match b {
+                Block::Bottleneck {
+                    conv0,
+                    conv1,
+                    conv2,
+                    short,
+                } => (vec![conv0, conv1, conv2], short.as_ref()),
+                Block::Basic {
+                    conv0,
+                    conv1,
+                    short,
+                } => (vec![conv0, conv1], short.as_ref()),
+            })
+            .collect()
+    }
+
+    /// `(num_seg, ratio)` of the temporal shift at the start of every branch; ratio `None`
+    /// when the shift is off.
+    pub(crate) fn shift(&self) -> (usize, Option<f64>) {
+        (self.shift.num_seg, self.shift.ratio)
     }
 }
 
