@@ -46,6 +46,8 @@ pub mod conv;
 mod error;
 mod memory;
 mod model;
+#[cfg(feature = "onnx")]
+mod onnx;
 pub mod ops;
 mod resnet;
 
@@ -55,5 +57,10 @@ pub use config::{TsmConfig, CONFIG_METADATA_KEY};
 pub use error::TsmError;
 pub use memory::keep_freed_memory;
 pub use model::{parameter_shapes, PpTsmHead, Tsm};
+#[cfg(feature = "onnx")]
+pub use onnx::{
+    OnnxError, OnnxOptions, DEFAULT_OPSET, ONNX_FEATURES, ONNX_INPUT, ONNX_LOGITS, ONNX_OPERATORS,
+    ONNX_OPSETS,
+};
 pub use ops::temporal_shift;
 pub use resnet::{block_name, ConvBn, Profile, ResNetTweaksTsm};
