@@ -203,6 +203,11 @@ fn json_number(line: &str, k: &str) -> Result<f64> {
 }
 
 fn measure(cmd: &mut Command) -> Result<Measurement> {
+    parse_measurement(&bench_stdout(cmd)?)
+}
+
+/// Runs one bench process; its stdout, or an error with its stderr.
+fn bench_stdout(cmd: &mut Command) -> Result<String> {
     eprintln!("xtask: bench: {cmd:?}");
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
@@ -211,7 +216,7 @@ fn measure(cmd: &mut Command) -> Result<Measurement> {
             String::from_utf8_lossy(&out.stderr).trim_end()
         );
     }
-    parse_measurement(&String::from_utf8_lossy(&out.stdout))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn write_list(name: &str, files: &[PathBuf]) -> Result<PathBuf> {
@@ -463,7 +468,9 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| project_root().join("target"))
 }
 
-/// Runs the model benchmark and prints the table and our eval profile.
+/// Runs the model benchmark and prints the table and our eval profile. Each engine runs in its
+/// own process with the same thread count: Paddle, us, and our exported ONNX model in ONNX
+/// Runtime and in OpenVINO (fp32 hint, and its default precision, whichever that is here).
 pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
     let python = python::venv_python()?;
     run_cmd(cargo().current_dir(project_root()).args([
@@ -473,9 +480,19 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
         "tsm-model",
         "--example",
         "model_bench",
+        "--example",
+        "onnx_export",
     ]))?;
     let ours = target_dir().join("release/examples/model_bench");
     let script = project_root().join("tests/bench/model_baselines.py");
+    let engines = project_root().join("tests/bench/onnx_engines.py");
+    let onnx = target_dir().join("bench/pptsm_r50_t8_s224.onnx");
+    std::fs::create_dir_all(target_dir().join("bench"))?;
+    run_cmd(
+        Command::new(target_dir().join("release/examples/onnx_export"))
+            .args(["50", "8", "224"])
+            .arg(&onnx),
+    )?;
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .to_string();
@@ -485,7 +502,7 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
         ("eval, batch 8", "eval", 8, if quick { 1 } else { 2 }),
         ("train step, batch 2", "train", 2, if quick { 1 } else { 3 }),
     ];
-    let mut rows = Vec::new();
+    let mut rows: Vec<(&str, String, Measurement)> = Vec::new();
     for (label, mode, batch, iters) in cases {
         let args = [mode.to_string(), "50".into(), "8".into(), "224".into()]
             .into_iter()
@@ -499,32 +516,56 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
                 .env("MKL_NUM_THREADS", &threads)
                 .env("FLAGS_use_onednn", "1"),
         )?;
+        rows.push((label, "Paddle 3.3.1 (oneDNN)".into(), paddle));
         let rs = measure(
             Command::new(&ours)
                 .args(&args)
                 .env("RAYON_NUM_THREADS", &threads),
         )?;
-        rows.push((label, paddle, rs));
+        rows.push((label, "tsm-rs".into(), rs));
+        if mode != "eval" {
+            continue;
+        }
+        for (engine, name) in [
+            ("onnxruntime", "ONNX Runtime, CPU EP"),
+            ("openvino-f32", "OpenVINO CPU, f32 hint"),
+            ("openvino", "OpenVINO CPU, default"),
+        ] {
+            let mut cmd = Command::new(&python);
+            cmd.arg(&engines)
+                .arg(engine)
+                .arg(&onnx)
+                .args([batch.to_string(), iters.to_string(), threads.clone()])
+                .env("OMP_NUM_THREADS", &threads);
+            let (m, precision) = measure_with_precision(&mut cmd)?;
+            rows.push((label, format!("{name} (ran {precision})"), m));
+        }
     }
     println!(
         "\nmodel benchmark: PP-TSM R50, 8 frames x 224, random weights, {threads} thread(s) each, \
-         {} ({} cores)",
+         {} ({} cores); ONNX engines on `onnx_export`'s model (Tsm::to_onnx, opset 17)",
         cpu_name(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "| measurement | Paddle 3.3.1 (oneDNN) clips/s | tsm-rs clips/s | ratio | Paddle peak RSS MB \
-         | tsm-rs peak RSS MB | RSS ratio |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| measurement | engine | clips/s | x Paddle | peak RSS MB | RSS x Paddle |\n\
+         |---|---|---:|---:|---:|---:|"
     );
-    for (label, p, r) in &rows {
+    for (label, engine, m) in &rows {
+        let paddle = rows
+            .iter()
+            .find(|r| r.0 == *label && r.1.starts_with("Paddle"))
+            .map(|r| &r.2);
+        let (speed, rss) = paddle.map_or(("-".into(), "-".into()), |p| {
+            (
+                format!("{:.2}x", m.clips_per_s() / p.clips_per_s()),
+                format!("{:.2}", m.peak_rss_mb / p.peak_rss_mb),
+            )
+        });
         println!(
-            "| {label} | {:.3} | {:.3} | {:.2}x | {:.0} | {:.0} | {:.2} |",
-            p.clips_per_s(),
-            r.clips_per_s(),
-            r.clips_per_s() / p.clips_per_s(),
-            p.peak_rss_mb,
-            r.peak_rss_mb,
-            r.peak_rss_mb / p.peak_rss_mb
+            "| {label} | {engine} | {:.3} | {speed} | {:.0} | {rss} |",
+            m.clips_per_s(),
+            m.peak_rss_mb
         );
     }
     // the per-layer profile of one batch-1 eval forward (printed by the bench binary on stderr)
@@ -541,6 +582,19 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
     }
     println!("{}", String::from_utf8_lossy(&out.stderr).trim_end());
     Ok(())
+}
+
+/// [`measure`] for a process whose result line also says the precision it computed in
+/// (`"precision": "bf16"`).
+fn measure_with_precision(cmd: &mut Command) -> Result<(Measurement, String)> {
+    let stdout = bench_stdout(cmd)?;
+    let m = parse_measurement(&stdout)?;
+    let line = stdout.lines().rev().find(|l| l.contains("\"precision\""));
+    let precision = line
+        .and_then(|l| l.split("\"precision\"").nth(1))
+        .and_then(|rest| rest.split('"').nth(1))
+        .context("the engine did not say its precision")?;
+    Ok((m, precision.to_string()))
 }
 
 /// The CPU model from /proc/cpuinfo, for the table's caption.

@@ -88,6 +88,11 @@ const REQUIREMENTS: &[Requirement] = &[
         debian_packages: &["clang", "libclang-dev"],
     },
     Requirement {
+        what: "protoc (candle-onnx's ONNX types, for tsm-model's `onnx` feature)",
+        present: || on_path("protoc"),
+        debian_packages: &["protobuf-compiler"],
+    },
+    Requirement {
         what: "the ffmpeg CLI (test media generation)",
         present: || on_path("ffmpeg") && on_path("ffprobe"),
         debian_packages: &["ffmpeg"],

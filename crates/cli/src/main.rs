@@ -8,6 +8,7 @@
 mod common;
 mod curves;
 mod eval;
+mod export;
 mod info;
 mod labels;
 mod plot;
@@ -71,6 +72,9 @@ enum Command {
     /// Training curves (loss, learning rate, top-1, top-5) of a run directory as a PNG.
     #[command(after_help = curves::AFTER_HELP)]
     Plot(curves::Args),
+    /// Write the model as ONNX (BatchNorm folded, preprocessing in its metadata) for serving.
+    #[command(after_help = export::AFTER_HELP)]
+    Export(export::Args),
 }
 
 /// How a command that did not fail outright ended.
@@ -108,5 +112,6 @@ fn run() -> Result<Outcome> {
         Command::Info(args) => info::run(args, &cli.global),
         Command::Train(args) => train::run(args, &cli.global),
         Command::Plot(args) => curves::run(args, &cli.global),
+        Command::Export(args) => export::run(args, &cli.global),
     }
 }

@@ -520,7 +520,15 @@ fn info_describes_the_checkpoint() {
 
 #[test]
 fn every_command_has_an_example_in_its_help() {
-    for cmd in ["predict", "eval", "preprocess", "info", "train", "plot"] {
+    for cmd in [
+        "predict",
+        "eval",
+        "preprocess",
+        "info",
+        "train",
+        "plot",
+        "export",
+    ] {
         let out = tsm(&[cmd, "--help"]);
         let help = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0));

@@ -46,6 +46,8 @@ mod config;
 mod error;
 mod memory;
 mod model;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod ops;
 mod resnet;
 
@@ -54,6 +56,11 @@ pub use config::{ConfigError, TsmConfig, CONFIG_METADATA_KEY};
 pub use error::TsmError;
 pub use memory::keep_freed_memory;
 pub use model::{parameter_shapes, Param, ParamRole, Tsm};
+#[cfg(feature = "onnx")]
+pub use onnx::{
+    OnnxError, OnnxOptions, DEFAULT_OPSET, ONNX_FEATURES, ONNX_INPUT, ONNX_LOGITS, ONNX_OPERATORS,
+    ONNX_OPSETS,
+};
 pub use ops::temporal_shift;
 
 // The README's example is what a downstream crate writes: compiled with the doctests.

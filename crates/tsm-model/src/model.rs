@@ -133,6 +133,11 @@ impl PpTsmHead {
     fn macs(&self) -> Result<u64> {
         Ok(self.weight.elem_count() as u64)
     }
+
+    /// The fc's weight `[K, C]` and bias `[K]`.
+    pub(crate) fn fc(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
 }
 
 /// `[N*T, C, h, w]` -> mean over h, w -> dropout (a keep-or-drop draw per frame and channel
@@ -260,6 +265,14 @@ impl Tsm {
     /// The configuration.
     pub fn config(&self) -> &TsmConfig {
         &self.cfg
+    }
+
+    pub(crate) fn backbone(&self) -> &ResNetTweaksTsm {
+        &self.backbone
+    }
+
+    pub(crate) fn head(&self) -> Option<&PpTsmHead> {
+        self.head.as_ref()
     }
 
     /// Every tensor with its checkpoint name and role, in model order.

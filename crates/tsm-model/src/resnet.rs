@@ -60,13 +60,13 @@ impl ConvSpec {
 /// [`ConvBn::fuse`], the BN is folded into the conv weight and a bias.
 #[derive(Debug, Clone)]
 pub(crate) struct ConvBn {
-    pub(crate) weight: Tensor,
-    pub(crate) bn: Option<BatchNorm>,
-    pub(crate) fused_bias: Option<Tensor>,
-    pub(crate) stride: usize,
-    pub(crate) padding: usize,
-    pub(crate) act: bool,
-    pub(crate) pool_first: bool,
+    weight: Tensor,
+    bn: Option<BatchNorm>,
+    fused_bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    act: bool,
+    pool_first: bool,
     prefix: String,
 }
 
@@ -146,6 +146,36 @@ impl ConvBn {
         let (ho, wo) = (out(h), out(w));
         Ok(((ho * wo * o * c * k * k) as u64, (ho, wo)))
     }
+
+    /// The conv weight `[out, in, k, k]` (BN folded in after [`ConvBn::fuse`]).
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The folded BN's shift, the conv bias of a fused layer.
+    pub(crate) fn fused_bias(&self) -> Option<&Tensor> {
+        self.fused_bias.as_ref()
+    }
+
+    /// `(stride, padding)` of the conv.
+    pub(crate) fn stride_padding(&self) -> (usize, usize) {
+        (self.stride, self.padding)
+    }
+
+    /// Whether a leaky ReLU follows.
+    pub(crate) fn act(&self) -> bool {
+        self.act
+    }
+
+    /// Whether a 2x2 exclusive ceil-mode average pool comes first.
+    pub(crate) fn pool_first(&self) -> bool {
+        self.pool_first
+    }
+
+    /// The checkpoint name prefix, e.g. `backbone.conv1_1`.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
 }
 
 impl ConvBn {
@@ -220,8 +250,8 @@ impl Recorder<'_> {
 /// The shift applied at the start of every residual branch (or none, for a plain TSN).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shift {
-    pub(crate) num_seg: usize,
-    pub(crate) ratio: Option<f64>,
+    num_seg: usize,
+    ratio: Option<f64>,
 }
 
 impl Shift {
@@ -379,9 +409,9 @@ fn block_name(cfg: &TsmConfig, stage: usize, i: usize) -> String {
 /// The backbone: `[N*T, 3, H, W]` -> `[N*T, C, H/32, W/32]` feature maps.
 #[derive(Debug, Clone)]
 pub(crate) struct ResNetTweaksTsm {
-    pub(crate) stem: [ConvBn; 3],
-    pub(crate) blocks: Vec<Block>,
-    pub(crate) shift: Shift,
+    stem: [ConvBn; 3],
+    blocks: Vec<Block>,
+    shift: Shift,
 }
 
 impl ResNetTweaksTsm {
@@ -505,6 +535,38 @@ impl ResNetTweaksTsm {
             size = s;
         }
         Ok(total)
+    }
+
+    /// The three stem convs (a 3x3 stride-2 max pool follows them).
+    pub(crate) fn stem(&self) -> &[ConvBn; 3] {
+        &self.stem
+    }
+
+    /// Every block as its branch convs in order and its shortcut conv (identity when `None`):
+    /// Bottleneck and BasicBlock differ only in the branch.
+    pub(crate) fn block_convs(&self) -> Vec<(Vec<&ConvBn>, Option<&ConvBn>)> {
+        self.blocks
+            .iter()
+            .map(|b| match b {
+                Block::Bottleneck {
+                    conv0,
+                    conv1,
+                    conv2,
+                    short,
+                } => (vec![conv0, conv1, conv2], short.as_ref()),
+                Block::Basic {
+                    conv0,
+                    conv1,
+                    short,
+                } => (vec![conv0, conv1], short.as_ref()),
+            })
+            .collect()
+    }
+
+    /// `(num_seg, ratio)` of the temporal shift at the start of every branch; ratio `None`
+    /// when the shift is off.
+    pub(crate) fn shift(&self) -> (usize, Option<f64>) {
+        (self.shift.num_seg, self.shift.ratio)
     }
 }
 
