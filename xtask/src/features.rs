@@ -1,7 +1,8 @@
 //! `cargo xtask check-features`: building tsm-model's bench example, the test suite and tsm-cli
-//! must resolve tsm-model's dependency graph with the same features, or each of them rebuilds
-//! candle-core and everything up to tsm-model for itself (`crates/workspace-hack` adds what
-//! tsm-cli's other dependencies enable).
+//! must resolve candle's dependency graph with the same features, or each of them rebuilds
+//! candle-core (minutes) for itself (`crates/workspace-hack` adds what tsm-cli's other
+//! dependencies enable). tsm-model's own features may differ (tsm-cli turns on `onnx`): that
+//! rebuilds tsm-model alone.
 
 use std::collections::BTreeSet;
 
@@ -28,16 +29,11 @@ const SELECTIONS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Fails naming every package of tsm-model's graph whose features differ between selections.
+/// Fails naming every package of candle's graph whose features differ between selections.
 pub fn check() -> Result<()> {
-    let direct: BTreeSet<String> = cargo_tree(&["-p", "tsm-model", "-e", "normal,build"])?
-        .iter()
-        .filter(|(depth, _, _)| *depth == 1)
-        .map(|(_, package, _)| package.clone())
-        .collect();
     let resolved: Vec<(&str, BTreeSet<String>)> = SELECTIONS
         .iter()
-        .map(|(name, args)| Ok((*name, model_graph(args, &direct)?)))
+        .map(|(name, args)| Ok((*name, candle_graph(args)?)))
         .collect::<Result<_>>()?;
     let (first, base) = &resolved[0];
     let mut differences = Vec::new();
@@ -47,13 +43,13 @@ pub fn check() -> Result<()> {
     }
     if !differences.is_empty() {
         bail!(
-            "tsm-model's dependencies resolve with different features (add what tsm-cli has to \
+            "candle's dependencies resolve with different features (add what tsm-cli has to \
              crates/workspace-hack/Cargo.toml):\n  {}",
             differences.join("\n  ")
         );
     }
     eprintln!(
-        "xtask: check-features: tsm-model's graph ({} packages) resolves alike for {}",
+        "xtask: check-features: candle's graph ({} packages) resolves alike for {}",
         base.len(),
         SELECTIONS
             .iter()
@@ -64,25 +60,24 @@ pub fn check() -> Result<()> {
     Ok(())
 }
 
-/// Every `package|features` of tsm-model's normal and build dependencies, transitively, as the
-/// selection `args` resolves them (tsm-model's own dev-dependencies left out).
-fn model_graph(args: &[&str], direct: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+/// Every `package|features` in candle-nn's dependency graph (candle-core's with it), as the
+/// selection `args` resolves them.
+fn candle_graph(args: &[&str]) -> Result<BTreeSet<String>> {
     let mut graph = BTreeSet::new();
-    // (tsm-model's depth, whether the current child of tsm-model is a dev-dependency)
-    let mut inside: Option<(usize, bool)> = None;
+    let mut root: Option<usize> = None;
     for (depth, package, features) in cargo_tree(args)? {
-        if inside.is_some_and(|(root, _)| depth <= root) {
-            inside = None;
+        if root.is_some_and(|r| depth <= r) {
+            root = None;
         }
-        match &mut inside {
-            None if package.starts_with("tsm-model ") => inside = Some((depth, false)),
-            None => continue,
-            Some((root, dev)) if depth == *root + 1 => *dev = !direct.contains(&package),
-            Some(_) => {}
+        if root.is_none() && package.starts_with("candle-nn ") {
+            root = Some(depth);
         }
-        if inside.is_some_and(|(_, dev)| !dev) {
+        if root.is_some() {
             graph.insert(format!("{package}|{features}"));
         }
+    }
+    if graph.is_empty() {
+        bail!("cargo tree {}: no candle-nn in the graph", args.join(" "))
     }
     Ok(graph)
 }
