@@ -478,6 +478,8 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
         "--release",
         "-p",
         "tsm-model",
+        "--features",
+        "onnx",
         "--example",
         "model_bench",
         "--example",

@@ -15,7 +15,14 @@ const SELECTIONS: &[(&str, &[&str])] = &[
     ("tsm-cli", &["-p", "cli", "-e", "normal,build"]),
     (
         "tsm-model's examples",
-        &["-p", "tsm-model", "-e", "normal,build,dev"],
+        &[
+            "-p",
+            "tsm-model",
+            "--features",
+            "onnx",
+            "-e",
+            "normal,build,dev",
+        ],
     ),
     (
         "the test suite",
