@@ -48,19 +48,21 @@ pub fn param_attributes(role: ParamRole, cfg: &OptimizerConfig) -> (f64, f64) {
 impl Momentum {
     /// The trainable ones of a model's `params` (all but BN running statistics, see
     /// `Tsm::params`), by name, with zero velocity.
-    pub fn new(params: Vec<ModelParam>, cfg: &OptimizerConfig) -> Result<Self> {
-        let model_params = params;
-        let mut params = Vec::new();
-        for p in model_params.into_iter().filter(|p| p.role.is_trainable()) {
-            let (decay, lr_mult) = param_attributes(p.role, cfg);
-            params.push(Param {
-                var: p.var()?,
-                velocity: p.tensor.zeros_like()?,
-                name: p.name,
-                decay,
-                lr_mult,
-            });
-        }
+    pub fn new(model_params: Vec<ModelParam>, cfg: &OptimizerConfig) -> Result<Self> {
+        let mut params = model_params
+            .into_iter()
+            .filter(|p| p.role.is_trainable())
+            .map(|p| {
+                let (decay, lr_mult) = param_attributes(p.role, cfg);
+                Ok(Param {
+                    var: p.var()?,
+                    velocity: p.tensor.zeros_like()?,
+                    name: p.name,
+                    decay,
+                    lr_mult,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         params.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Self {
             params,

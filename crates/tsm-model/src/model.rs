@@ -135,6 +135,7 @@ impl PpTsmHead {
     }
 
     /// The fc's weight `[K, C]` and bias `[K]`.
+    #[cfg(feature = "onnx")]
     pub(crate) fn fc(&self) -> (&Tensor, &Tensor) {
         (&self.weight, &self.bias)
     }
@@ -267,10 +268,12 @@ impl Tsm {
         &self.cfg
     }
 
+    #[cfg(feature = "onnx")]
     pub(crate) fn backbone(&self) -> &ResNetTweaksTsm {
         &self.backbone
     }
 
+    #[cfg(feature = "onnx")]
     pub(crate) fn head(&self) -> Option<&PpTsmHead> {
         self.head.as_ref()
     }

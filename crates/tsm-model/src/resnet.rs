@@ -148,31 +148,37 @@ impl ConvBn {
     }
 
     /// The conv weight `[out, in, k, k]` (BN folded in after [`ConvBn::fuse`]).
+    #[cfg(feature = "onnx")]
     pub(crate) fn weight(&self) -> &Tensor {
         &self.weight
     }
 
     /// The folded BN's shift, the conv bias of a fused layer.
+    #[cfg(feature = "onnx")]
     pub(crate) fn fused_bias(&self) -> Option<&Tensor> {
         self.fused_bias.as_ref()
     }
 
     /// `(stride, padding)` of the conv.
+    #[cfg(feature = "onnx")]
     pub(crate) fn stride_padding(&self) -> (usize, usize) {
         (self.stride, self.padding)
     }
 
     /// Whether a leaky ReLU follows.
+    #[cfg(feature = "onnx")]
     pub(crate) fn act(&self) -> bool {
         self.act
     }
 
     /// Whether a 2x2 exclusive ceil-mode average pool comes first.
+    #[cfg(feature = "onnx")]
     pub(crate) fn pool_first(&self) -> bool {
         self.pool_first
     }
 
     /// The checkpoint name prefix, e.g. `backbone.conv1_1`.
+    #[cfg(feature = "onnx")]
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -538,12 +544,14 @@ impl ResNetTweaksTsm {
     }
 
     /// The three stem convs (a 3x3 stride-2 max pool follows them).
+    #[cfg(feature = "onnx")]
     pub(crate) fn stem(&self) -> &[ConvBn; 3] {
         &self.stem
     }
 
     /// Every block as its branch convs in order and its shortcut conv (identity when `None`):
     /// Bottleneck and BasicBlock differ only in the branch.
+    #[cfg(feature = "onnx")]
     pub(crate) fn block_convs(&self) -> Vec<(Vec<&ConvBn>, Option<&ConvBn>)> {
         self.blocks
             .iter()
@@ -565,6 +573,7 @@ impl ResNetTweaksTsm {
 
     /// `(num_seg, ratio)` of the temporal shift at the start of every branch; ratio `None`
     /// when the shift is off.
+    #[cfg(feature = "onnx")]
     pub(crate) fn shift(&self) -> (usize, Option<f64>) {
         (self.shift.num_seg, self.shift.ratio)
     }
