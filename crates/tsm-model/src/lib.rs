@@ -43,6 +43,8 @@ macro_rules! cpu_by_dtype {
 mod batch_norm;
 mod checkpoint;
 mod config;
+#[cfg(target_arch = "x86_64")]
+mod cpu_plan;
 mod error;
 mod memory;
 mod model;

@@ -268,7 +268,7 @@ impl Tsm {
         &self.cfg
     }
 
-    #[cfg(feature = "onnx")]
+    #[cfg(any(feature = "onnx", test))]
     pub(crate) fn backbone(&self) -> &ResNetTweaksTsm {
         &self.backbone
     }

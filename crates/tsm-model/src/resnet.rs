@@ -10,6 +10,8 @@ use candle_nn::{Init, ModuleT, VarBuilder};
 
 use crate::batch_norm::BatchNorm;
 use crate::config::TsmConfig;
+#[cfg(target_arch = "x86_64")]
+use crate::cpu_plan::{BlockDesc, ConvDesc, CpuPlan};
 use crate::model::{Param, ParamRole};
 use crate::ops::{add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1, temporal_shift};
 use crate::ops::{conv2d, conv2d_bias};
@@ -134,6 +136,17 @@ impl ConvBn {
         }
     }
 
+    /// The fused layer as the CPU plan takes it; `None` before [`ConvBn::fuse`].
+    #[cfg(target_arch = "x86_64")]
+    fn plan_desc(&self) -> Option<ConvDesc<'_>> {
+        Some(ConvDesc {
+            weight: &self.weight,
+            bias: self.fused_bias.as_ref()?,
+            stride: self.stride,
+            act: self.act,
+        })
+    }
+
     /// Multiply-adds of the conv on an `(h, w)` input, and its output size.
     fn macs(&self, (h, w): (usize, usize)) -> Result<(u64, (usize, usize))> {
         let (o, c, k, _) = self.weight.dims4()?;
@@ -236,11 +249,11 @@ pub type Profile = Vec<(String, f64)>;
 pub(crate) struct Recorder<'a>(pub(crate) Option<&'a mut Profile>);
 
 impl Recorder<'_> {
-    pub(crate) fn run(
+    pub(crate) fn run<T>(
         &mut self,
         label: impl FnOnce() -> String,
-        f: impl FnOnce() -> Result<Tensor>,
-    ) -> Result<Tensor> {
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         match &mut self.0 {
             None => f(),
             Some(p) => {
@@ -418,6 +431,9 @@ pub(crate) struct ResNetTweaksTsm {
     stem: [ConvBn; 3],
     blocks: Vec<Block>,
     shift: Shift,
+    /// The fused backbone's forward on CPUs with AVX2 (see `cpu_plan`), when it fits.
+    #[cfg(target_arch = "x86_64")]
+    plan: Option<std::sync::Arc<CpuPlan>>,
 }
 
 impl ResNetTweaksTsm {
@@ -492,11 +508,26 @@ impl ResNetTweaksTsm {
             stem,
             blocks,
             shift,
+            #[cfg(target_arch = "x86_64")]
+            plan: None,
         })
     }
 
-    /// The same backbone with every BN folded into its conv (inference only).
+    /// The same backbone with every BN folded into its conv (inference only), with its CPU
+    /// plan where it fits.
     pub(crate) fn fuse(&self) -> Result<Self> {
+        let fused = self.fuse_layers()?;
+        #[cfg(target_arch = "x86_64")]
+        let fused = Self {
+            plan: fused.cpu_plan()?.map(std::sync::Arc::new),
+            ..fused
+        };
+        Ok(fused)
+    }
+
+    /// [`ResNetTweaksTsm::fuse`] without the CPU plan: the per-op path, which the plan's tests
+    /// compare it with.
+    pub(crate) fn fuse_layers(&self) -> Result<Self> {
         let f = |c: &ConvBn| c.fuse();
         Ok(Self {
             stem: [
@@ -510,7 +541,56 @@ impl ResNetTweaksTsm {
                 .map(|b| b.map_convs(&f))
                 .collect::<Result<_>>()?,
             shift: self.shift,
+            #[cfg(target_arch = "x86_64")]
+            plan: None,
         })
+    }
+
+    /// Whether [`ResNetTweaksTsm::forward_t`] runs the CPU plan.
+    #[cfg(all(test, target_arch = "x86_64"))]
+    pub(crate) fn has_cpu_plan(&self) -> bool {
+        self.plan.is_some()
+    }
+
+    /// The CPU plan of this fused backbone, `None` where it does not fit.
+    #[cfg(target_arch = "x86_64")]
+    fn cpu_plan(&self) -> Result<Option<CpuPlan>> {
+        let stem: Option<Vec<ConvDesc>> = self.stem.iter().map(ConvBn::plan_desc).collect();
+        let blocks: Option<Vec<BlockDesc>> = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let (branch, short): (Vec<&ConvBn>, &Option<ConvBn>) = match b {
+                    Block::Bottleneck {
+                        conv0,
+                        conv1,
+                        conv2,
+                        short,
+                    } => (vec![conv0, conv1, conv2], short),
+                    Block::Basic {
+                        conv0,
+                        conv1,
+                        short,
+                    } => (vec![conv0, conv1], short),
+                };
+                let short = match short {
+                    Some(s) => Some((s.plan_desc()?, s.pool_first)),
+                    None => None,
+                };
+                Some(BlockDesc {
+                    branch: branch
+                        .into_iter()
+                        .map(ConvBn::plan_desc)
+                        .collect::<Option<_>>()?,
+                    short,
+                })
+            })
+            .collect();
+        let (Some(stem), Some(blocks)) = (stem, blocks) else {
+            return Ok(None);
+        };
+        let shift = self.shift.ratio.map(|r| (self.shift.num_seg, r));
+        CpuPlan::new(&stem, &blocks, shift)
     }
 
     pub(crate) fn params(&self, out: &mut Vec<Param>) {
@@ -586,6 +666,12 @@ impl ResNetTweaksTsm {
         train: bool,
         rec: &mut Recorder,
     ) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(plan) = &self.plan {
+            if !train && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+                return plan.forward(x, rec);
+            }
+        }
         let mut y = x.clone();
         for c in &self.stem {
             y = c.forward_rec(&y, train, rec)?;

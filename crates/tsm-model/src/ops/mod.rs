@@ -25,7 +25,6 @@ pub(crate) use activation::{add_leaky_relu, leaky_relu, LEAKY_SLOPE};
 pub(crate) use batch_norm::{batch_norm_train, BN_EPS};
 pub(crate) use conv::{conv2d, conv2d_bias};
 pub(crate) use pool::{avg_pool2x2_ceil, max_pool3x3_s2_p1};
-#[cfg(feature = "onnx")]
 pub(crate) use shift::shift_folds;
 pub use shift::temporal_shift;
 

@@ -1,0 +1,92 @@
+//! The plan against the per-op path of the same fused backbone: every layer kind (stem,
+//! Bottleneck and BasicBlock, pooled and projection shortcuts, the shift at block edges of
+//! the clip), odd and even sizes, more than one clip, and a second call on kept buffers.
+#![allow(clippy::unwrap_used)]
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::{ParamRole, Tsm, TsmConfig};
+
+/// A model with random BN statistics and affine parameters, so the folded biases and scales
+/// are not the identity.
+fn model(depth: usize, num_seg: usize, shift: bool) -> Tsm {
+    let varmap = VarMap::new();
+    let mut cfg = TsmConfig::pptsm(depth, 5).with_num_seg(num_seg);
+    cfg.shift = shift;
+    let m = Tsm::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    for p in m.params() {
+        let n = p.tensor.elem_count();
+        let r = Tensor::rand(0f32, 1.0, n, &Device::Cpu).unwrap();
+        let v = match p.role {
+            ParamRole::BnScale | ParamRole::BnVariance => (r + 0.5).unwrap(),
+            ParamRole::BnShift | ParamRole::BnMean => (r - 0.5).unwrap(),
+            _ => continue,
+        };
+        p.var()
+            .unwrap()
+            .set(&v.reshape(p.tensor.shape()).unwrap())
+            .unwrap();
+    }
+    m
+}
+
+/// Relative L2 distance of the plan's feature maps from the per-op path's, for clips of
+/// `size x size`.
+fn plan_vs_ops(m: &Tsm, clips: usize, size: usize) -> f32 {
+    let backbone = m.backbone();
+    let with_plan = backbone.fuse().unwrap();
+    assert!(with_plan.has_cpu_plan(), "no CPU plan for {:?}", m.config());
+    let per_op = backbone.fuse_layers().unwrap();
+    let n = clips * m.config().num_seg;
+    let frames = Tensor::randn(0f32, 1.0, (n, 3, size, size), &Device::Cpu).unwrap();
+    use candle_nn::ModuleT;
+    let want = per_op.forward_t(&frames, false).unwrap();
+    let got = with_plan.forward_t(&frames, false).unwrap();
+    assert_eq!(got.dims(), want.dims());
+    // the second call runs on the buffers the first left behind
+    let again = with_plan.forward_t(&frames, false).unwrap();
+    assert_eq!(test_support::max_abs_diff(&again, &got), 0.0);
+    test_support::rel_l2(&got, &want)
+}
+
+#[test]
+fn kernels_run_on_this_cpu() {
+    // the plan's tests below would otherwise compare the per-op path with itself
+    assert!(super::kernels::supported(), "this CPU lacks AVX2/FMA");
+}
+
+#[test]
+fn bottleneck_plan_matches_per_op_path() {
+    let m = model(50, 4, true);
+    for (clips, size) in [(1, 32), (2, 33), (1, 35)] {
+        let e = plan_vs_ops(&m, clips, size);
+        assert!(e < 1e-5, "R50 {clips} clips of {size}px: rel L2 {e}");
+    }
+}
+
+#[test]
+fn basic_block_plan_matches_per_op_path() {
+    let m = model(18, 2, true);
+    for (clips, size) in [(2, 32), (1, 37)] {
+        let e = plan_vs_ops(&m, clips, size);
+        assert!(e < 1e-5, "R18 {clips} clips of {size}px: rel L2 {e}");
+    }
+}
+
+#[test]
+fn plan_without_shift_matches_per_op_path() {
+    let e = plan_vs_ops(&model(18, 2, false), 1, 32);
+    assert!(e < 1e-5, "R18 TSN: rel L2 {e}");
+}
+
+#[test]
+fn shift_folds_inside_blocks_match_per_op_path() {
+    // 3 frames: ratio 1/3, folds at channels 21 and 42 of 64, inside blocks of 8
+    let e = plan_vs_ops(&model(18, 3, true), 2, 32);
+    assert!(e < 1e-5, "R18, 3 frames: rel L2 {e}");
+}
