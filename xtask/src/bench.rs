@@ -468,39 +468,66 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| project_root().join("target"))
 }
 
-/// Runs the model benchmark and prints the table and our eval profile. Each engine runs in its
-/// own process with the same thread count: Paddle, us, and our exported ONNX model in ONNX
-/// Runtime and in OpenVINO (fp32 hint, and its default precision, whichever that is here).
+/// What `bench model` runs, built: our bench binary, the exported ONNX model of the same network
+/// (PP-TSM R50, 8 frames, 224 px) and the Python that runs the baselines.
+struct ModelBench {
+    python: PathBuf,
+    ours: PathBuf,
+    onnx: PathBuf,
+}
+
+impl ModelBench {
+    /// Builds model_bench and onnx_export and exports the ONNX model.
+    fn build() -> Result<Self> {
+        let python = python::venv_python()?;
+        run_cmd(cargo().current_dir(project_root()).args([
+            "build",
+            "--release",
+            "-p",
+            "tsm-model",
+            "--features",
+            "onnx",
+            "--example",
+            "model_bench",
+            "--example",
+            "onnx_export",
+        ]))?;
+        let onnx = target_dir().join("bench/pptsm_r50_t8_s224.onnx");
+        std::fs::create_dir_all(target_dir().join("bench"))?;
+        run_cmd(
+            Command::new(target_dir().join("release/examples/onnx_export"))
+                .args(["50", "8", "224"])
+                .arg(&onnx),
+        )?;
+        Ok(Self {
+            python,
+            ours: target_dir().join("release/examples/model_bench"),
+            onnx,
+        })
+    }
+}
+
+/// `--threads`, or all cores.
+fn thread_count(threads: Option<usize>) -> String {
+    threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .to_string()
+}
+
+/// Runs the model benchmark and prints the table, then the per-layer profile of a batch-1 eval
+/// forward, ours against OpenVINO's ([`layer_profile`]). Each engine runs in its own process
+/// with the same thread count: Paddle, us, and our exported ONNX model in ONNX Runtime and in
+/// OpenVINO (fp32 hint, and its default precision, whichever that is here).
 pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
-    let python = python::venv_python()?;
-    run_cmd(cargo().current_dir(project_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "tsm-model",
-        "--features",
-        "onnx",
-        "--example",
-        "model_bench",
-        "--example",
-        "onnx_export",
-    ]))?;
-    let ours = target_dir().join("release/examples/model_bench");
+    let bench = ModelBench::build()?;
+    let (python, ours, onnx) = (&bench.python, &bench.ours, &bench.onnx);
     let script = project_root().join("tests/bench/model_baselines.py");
     let engines = project_root().join("tests/bench/onnx_engines.py");
-    let onnx = target_dir().join("bench/pptsm_r50_t8_s224.onnx");
-    std::fs::create_dir_all(target_dir().join("bench"))?;
-    run_cmd(
-        Command::new(target_dir().join("release/examples/onnx_export"))
-            .args(["50", "8", "224"])
-            .arg(&onnx),
-    )?;
-    let threads = threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .to_string();
+    let threads = thread_count(threads);
+    let eval_iters = if quick { 2 } else { 6 };
     // (label, mode, batch, timed iterations): R50, 8 frames, 224 px
     let cases = [
-        ("eval, batch 1", "eval", 1, if quick { 2 } else { 6 }),
+        ("eval, batch 1", "eval", 1, eval_iters),
         ("eval, batch 8", "eval", 8, if quick { 1 } else { 2 }),
         ("train step, batch 2", "train", 2, if quick { 1 } else { 3 }),
     ];
@@ -511,7 +538,7 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
             .chain([batch.to_string(), iters.to_string()]);
         let args: Vec<String> = args.collect();
         let paddle = measure(
-            Command::new(&python)
+            Command::new(python)
                 .arg(&script)
                 .args(&args)
                 .env("OMP_NUM_THREADS", &threads)
@@ -520,7 +547,7 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
         )?;
         rows.push((label, "Paddle 3.3.1 (oneDNN)".into(), paddle));
         let rs = measure(
-            Command::new(&ours)
+            Command::new(ours)
                 .args(&args)
                 .env("RAYON_NUM_THREADS", &threads),
         )?;
@@ -533,10 +560,10 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
             ("openvino-f32", "OpenVINO CPU, f32 hint"),
             ("openvino", "OpenVINO CPU, default"),
         ] {
-            let mut cmd = Command::new(&python);
+            let mut cmd = Command::new(python);
             cmd.arg(&engines)
                 .arg(engine)
-                .arg(&onnx)
+                .arg(onnx)
                 .args([batch.to_string(), iters.to_string(), threads.clone()])
                 .env("OMP_NUM_THREADS", &threads);
             let (m, precision) = measure_with_precision(&mut cmd)?;
@@ -570,20 +597,334 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
             m.peak_rss_mb
         );
     }
-    // the per-layer profile of one batch-1 eval forward (printed by the bench binary on stderr)
-    let out = Command::new(&ours)
-        .args(["eval", "50", "8", "224", "1", "0", "--profile"])
-        .env("RAYON_NUM_THREADS", &threads)
-        .output()
-        .context("running the profile")?;
+    layer_profile(&bench, &threads, eval_iters)
+}
+
+/// `cargo xtask bench model-profile`: only the per-layer profile of `bench model`.
+pub fn model_profile(threads: Option<usize>, iters: usize) -> Result<()> {
+    layer_profile(&ModelBench::build()?, &thread_count(threads), iters)
+}
+
+/// Prints our per-layer profile of one batch-1 eval forward (model_bench's own table, on its
+/// stderr), then that profile joined with OpenVINO's performance counters for the same model
+/// (f32, the same threads, averaged over `ov_iters` forwards after a warm-up): one row per
+/// layer, so that the next gap is visible at a glance.
+fn layer_profile(bench: &ModelBench, threads: &str, ov_iters: usize) -> Result<()> {
+    let mut cmd = Command::new(&bench.ours);
+    cmd.args(["eval", "50", "8", "224", "1", "0", "--profile"])
+        .env("RAYON_NUM_THREADS", threads);
+    eprintln!("xtask: bench: {cmd:?}");
+    let out = cmd.output().context("running our profile")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!(
-            "profile run failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        bail!("our profile run failed: {}", stderr.trim_end());
+    }
+    println!("{}", stderr.trim_end());
+    let ours = parse_our_profile(&stderr).context("reading model_bench's profile table")?;
+    let stdout = bench_stdout(
+        Command::new(&bench.python)
+            .arg(project_root().join("tests/bench/onnx_engines.py"))
+            .arg("openvino-f32-profile")
+            .arg(&bench.onnx)
+            .args(["1", &ov_iters.to_string(), threads])
+            .env("OMP_NUM_THREADS", threads)
+            .stderr(std::process::Stdio::inherit()),
+    )?;
+    let (ov, ov_total) =
+        parse_ov_profile(&stdout).context("reading onnx_engines.py's OpenVINO profile")?;
+    println!(
+        "\nper layer, batch-1 eval forward, {threads} thread(s): tsm-rs (one forward) against \
+         OpenVINO f32's performance counters (mean of {ov_iters} forwards); convs joined on \
+         `conv KxK sS C->O HxW` (HxW the input), other steps by kind"
+    );
+    print_joined(&join_profiles(&ours, &ov), &ours, ov_total);
+    Ok(())
+}
+
+/// The joined table, with a totals row (ours summed over our steps, OpenVINO's over all its
+/// nodes, also those no row shows).
+fn print_joined(rows: &[JoinedLayer], ours: &[StepTime], ov_total: f64) {
+    let ms = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.1}"));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".to_string(),
+    };
+    println!(
+        "| layer | calls | tsm-rs ms | OpenVINO ms | ratio | OpenVINO kernel |\n\
+         |---|---:|---:|---:|---:|---|"
+    );
+    for r in rows {
+        let calls = match r.calls {
+            0 => "-".to_string(),
+            n => n.to_string(),
+        };
+        println!(
+            "| {} | {calls} | {} | {} | {} | {} |",
+            r.layer,
+            ms(r.ours_ms),
+            ms(r.ov_ms),
+            ratio(r.ours_ms, r.ov_ms),
+            r.kernel
         );
     }
-    println!("{}", String::from_utf8_lossy(&out.stderr).trim_end());
-    Ok(())
+    let our_total: f64 = ours.iter().map(|s| s.ms).sum();
+    let calls: usize = ours.iter().map(|s| s.calls).sum();
+    println!(
+        "| total | {calls} | {our_total:.1} | {ov_total:.1} | {} | |",
+        ratio(Some(our_total), Some(ov_total))
+    );
+}
+
+/// One row of our profile: a step label, how often it ran and its summed time.
+#[derive(Debug, Clone, PartialEq)]
+struct StepTime {
+    label: String,
+    calls: usize,
+    ms: f64,
+}
+
+/// Reads the markdown table `model_bench --profile` prints (`| step | calls | ms | ... |`),
+/// finding the columns by their header so that added columns do not matter.
+fn parse_our_profile(text: &str) -> Result<Vec<StepTime>> {
+    let cells = |l: &str| -> Vec<String> {
+        let inner = l.trim().trim_start_matches('|').trim_end_matches('|');
+        inner.split('|').map(|c| c.trim().to_string()).collect()
+    };
+    let mut lines = text.lines().skip_while(|l| !l.starts_with("| step |"));
+    let header = cells(lines.next().context("no `| step | ...` table")?);
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("no {name} column in {header:?}"))
+    };
+    let (label, calls, ms) = (column("step")?, column("calls")?, column("ms")?);
+    let mut steps = Vec::new();
+    for line in lines.take_while(|l| l.starts_with('|')) {
+        let row = cells(line);
+        if row
+            .iter()
+            .all(|c| c.chars().all(|ch| matches!(ch, '-' | ':')))
+        {
+            continue; // the |---| line
+        }
+        let cell = |i: usize| row.get(i).with_context(|| format!("short row {line}"));
+        steps.push(StepTime {
+            label: cell(label)?.clone(),
+            calls: cell(calls)?
+                .parse()
+                .with_context(|| format!("calls in {line}"))?,
+            ms: cell(ms)?.parse().with_context(|| format!("ms in {line}"))?,
+        });
+    }
+    if steps.is_empty() {
+        bail!("the profile table has no rows");
+    }
+    Ok(steps)
+}
+
+/// One label of OpenVINO's profile (`onnx_engines.py openvino-f32-profile`).
+#[derive(Debug, Clone, Default)]
+struct OvLayer {
+    label: String,
+    /// Per forward.
+    ms: f64,
+    /// Runtime nodes that ran under this label (0 where all were fused into others).
+    nodes: usize,
+    exec_type: String,
+    /// ONNX ops fused into these nodes (`LeakyRelu`, `Add+LeakyRelu 3/4, none 1/4`).
+    fused: String,
+    /// The kinds of layer that absorbed nodes of this label (`conv`).
+    fused_into: String,
+}
+
+/// The per-label lines and the total ms per forward.
+fn parse_ov_profile(stdout: &str) -> Result<(Vec<OvLayer>, f64)> {
+    let mut layers = Vec::new();
+    let mut total = None;
+    for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
+        if line.contains("\"total_ms\"") {
+            total = Some(json_number(line, "total_ms")?);
+            continue;
+        }
+        layers.push(OvLayer {
+            label: json_string(line, "label")?,
+            ms: json_number(line, "ms")?,
+            nodes: json_number(line, "nodes")? as usize,
+            exec_type: json_string(line, "exec_type")?,
+            fused: json_string(line, "fused")?,
+            fused_into: json_string(line, "fused_into")?,
+        });
+    }
+    Ok((layers, total.context("no total_ms line")?))
+}
+
+/// The string under key `k` of a flat one-line JSON object.
+fn json_string(line: &str, k: &str) -> Result<String> {
+    let key = format!("\"{k}\"");
+    let at = line
+        .find(&key)
+        .with_context(|| format!("no {k} in {line}"))?;
+    let rest = line[at + key.len()..].trim_start_matches([':', ' ']);
+    let mut chars = rest
+        .strip_prefix('"')
+        .with_context(|| format!("{k} is not a string in {line}"))?
+        .chars();
+    let mut s = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Ok(s),
+            '\\' => match chars.next() {
+                Some('n') => s.push('\n'),
+                Some('t') => s.push('\t'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let code = u32::from_str_radix(&hex, 16)
+                        .with_context(|| format!("bad escape \\u{hex} in {line}"))?;
+                    s.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                }
+                Some(c) => s.push(c), // \" \\ \/
+                None => break,
+            },
+            c => s.push(c),
+        }
+    }
+    bail!("unterminated {k} in {line}")
+}
+
+/// The join key of a profile label: a conv's geometry, `conv KxK sS C->O HxW` (its first five
+/// words; what follows, such as `+bias+act`, says what is fused into it and may differ between
+/// the two sides), otherwise the kind of step.
+fn layer_key(label: &str) -> String {
+    if label.starts_with("conv ") {
+        return label
+            .split_whitespace()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let kinds = [
+        ("max pool", "max pool"),
+        ("avg pool", "avg pool"),
+        ("shift", "temporal shift"),
+        ("head", "head"),
+        ("add", "add"),
+        ("eltwise", "add"),
+    ];
+    kinds
+        .iter()
+        .find(|(word, _)| label.contains(word))
+        .map_or(label.to_string(), |(_, kind)| kind.to_string())
+}
+
+/// One row of the joined profile.
+#[derive(Debug, Clone, PartialEq)]
+struct JoinedLayer {
+    key: String,
+    /// The key with our labels' suffixes (`conv ... 56x56 +bias, +bias+add+act`), our label(s)
+    /// for other kinds, or OpenVINO's label where we have none.
+    layer: String,
+    /// Ours (0 where we have no such step).
+    calls: usize,
+    ours_ms: Option<f64>,
+    ov_ms: Option<f64>,
+    kernel: String,
+}
+
+/// Joins our steps and OpenVINO's labels on [`layer_key`], summing each side's rows of a key;
+/// the most time on our side first, then OpenVINO's rows that we have no step for. A label of
+/// OpenVINO's whose nodes all ran fused into others is shown only where we have the step.
+fn join_profiles(ours: &[StepTime], ov: &[OvLayer]) -> Vec<JoinedLayer> {
+    let mut rows: Vec<JoinedLayer> = Vec::new();
+    let mut our_labels: Vec<Vec<&str>> = Vec::new();
+    for step in ours {
+        let key = layer_key(&step.label);
+        match rows.iter().position(|r| r.key == key) {
+            Some(i) => {
+                rows[i].calls += step.calls;
+                rows[i].ours_ms = Some(rows[i].ours_ms.unwrap_or(0.0) + step.ms);
+                our_labels[i].push(&step.label);
+            }
+            None => {
+                rows.push(JoinedLayer {
+                    layer: String::new(),
+                    calls: step.calls,
+                    ours_ms: Some(step.ms),
+                    ov_ms: None,
+                    kernel: String::new(),
+                    key,
+                });
+                our_labels.push(vec![&step.label]);
+            }
+        }
+    }
+    for (row, labels) in rows.iter_mut().zip(&our_labels) {
+        row.layer = if row.key.starts_with("conv ") {
+            let mut suffixes: Vec<String> = Vec::new();
+            for l in labels {
+                let suffix = l.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+                if !suffix.is_empty() && !suffixes.contains(&suffix) {
+                    suffixes.push(suffix);
+                }
+            }
+            if suffixes.is_empty() {
+                row.key.clone()
+            } else {
+                format!("{} {}", row.key, suffixes.join(", "))
+            }
+        } else {
+            labels.join(", ")
+        };
+    }
+    let mut ov_nodes = vec![0; rows.len()];
+    for layer in ov {
+        let key = layer_key(&layer.label);
+        let i = match rows.iter().position(|r| r.key == key) {
+            Some(i) => i,
+            None if layer.nodes == 0 => continue,
+            None => {
+                rows.push(JoinedLayer {
+                    layer: layer.label.clone(),
+                    calls: 0,
+                    ours_ms: None,
+                    ov_ms: None,
+                    kernel: String::new(),
+                    key,
+                });
+                ov_nodes.push(0);
+                rows.len() - 1
+            }
+        };
+        let row = &mut rows[i];
+        let mut kernel = Vec::new();
+        if layer.nodes > 0 {
+            row.ov_ms = Some(row.ov_ms.unwrap_or(0.0) + layer.ms);
+            ov_nodes[i] += layer.nodes;
+            kernel.push(layer.exec_type.clone());
+            if !layer.fused.is_empty() {
+                kernel.push(format!("fused {}", layer.fused));
+            }
+        }
+        if !layer.fused_into.is_empty() {
+            kernel.push(format!("fused into {}", layer.fused_into));
+        }
+        if !row.kernel.is_empty() && !kernel.is_empty() {
+            row.kernel.push_str("; ");
+        }
+        row.kernel.push_str(&kernel.join(", "));
+    }
+    for (row, nodes) in rows.iter_mut().zip(ov_nodes) {
+        if nodes > 0 && nodes != row.calls {
+            let s = if nodes == 1 { "" } else { "s" };
+            row.kernel.push_str(&format!(" ({nodes} node{s})"));
+        }
+    }
+    // the most time first, ours then OpenVINO's; a side without the step last
+    let desc = |t: Option<f64>| t.map_or(f64::INFINITY, |t| -t);
+    rows.sort_by(|a, b| {
+        (desc(a.ours_ms).total_cmp(&desc(b.ours_ms))).then(desc(a.ov_ms).total_cmp(&desc(b.ov_ms)))
+    });
+    rows
 }
 
 /// [`measure`] for a process whose result line also says the precision it computed in
@@ -609,4 +950,145 @@ fn cpu_name() -> String {
                 .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(label: &str, calls: usize, ms: f64) -> StepTime {
+        StepTime {
+            label: label.into(),
+            calls,
+            ms,
+        }
+    }
+
+    fn ov(label: &str, ms: f64, nodes: usize, exec_type: &str, fused: &str) -> OvLayer {
+        OvLayer {
+            label: label.into(),
+            ms,
+            nodes,
+            exec_type: exec_type.into(),
+            fused: fused.into(),
+            fused_into: if nodes == 0 { "conv".into() } else { "".into() },
+        }
+    }
+
+    #[test]
+    fn reads_our_profile_table_by_its_header() {
+        let stderr = "noise\n\nprofile of one eval forward (8 frames): 1.149 s\n\
+                      | step | calls | ms | % | GFLOP/s |\n|---|---:|---:|---:|---:|\n\
+                      | conv 3x3 s1 256->256 14x14 +bias+act | 5 | 127.4 | 11.1 | 73 |\n\
+                      | head (pool + fc) | 1 | 0.8 | 0.1 |  |\n\ntrailing text\n";
+        let steps = parse_our_profile(stderr).unwrap();
+        assert_eq!(
+            steps,
+            [
+                step("conv 3x3 s1 256->256 14x14 +bias+act", 5, 127.4),
+                step("head (pool + fc)", 1, 0.8)
+            ]
+        );
+        assert!(parse_our_profile("| a | b |\n").is_err());
+    }
+
+    #[test]
+    fn reads_openvino_profile_lines() {
+        let stdout = "{\"label\": \"conv 1x1 s1 64->256 56x56\", \"ms\": 56.46, \"nodes\": 4, \
+                      \"exec_type\": \"brgconv_avx2_1x1_f32\", \"fused\": \"Add+LeakyRelu 3/4, \
+                      none 1/4\", \"fused_into\": \"\"}\n\
+                      {\"label\": \"q\\\"\\u00e9\", \"ms\": 0.0, \"nodes\": 0, \"exec_type\": \"\", \
+                      \"fused\": \"\", \"fused_into\": \"conv\"}\n\
+                      {\"total_ms\": 947.7, \"iters\": 2, \"precision\": \"f32\"}\n";
+        let (layers, total) = parse_ov_profile(stdout).unwrap();
+        assert_eq!(total, 947.7);
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0].label, "conv 1x1 s1 64->256 56x56");
+        assert_eq!((layers[0].ms, layers[0].nodes), (56.46, 4));
+        assert_eq!(layers[0].fused, "Add+LeakyRelu 3/4, none 1/4");
+        assert_eq!(layers[1].label, "q\"\u{e9}");
+        assert_eq!(layers[1].fused_into, "conv");
+    }
+
+    #[test]
+    fn joins_convs_on_geometry_and_other_steps_by_kind() {
+        let ours = [
+            step("conv 1x1 s1 64->256 56x56 +bias", 3, 30.0),
+            step("temporal shift", 16, 40.0),
+            step("conv 1x1 s1 64->256 56x56 +bias+add+act", 1, 12.0),
+            step("residual add+act", 15, 25.0),
+            step("conv 3x3 s1 64->64 56x56 +shift+bias+act", 3, 50.0),
+            step("max pool 3x3", 1, 20.0),
+        ];
+        let ov = [
+            ov("layout reorder", 100.0, 34, "reorder_f32", ""),
+            ov("temporal shift", 60.0, 128, "ref_f32", ""),
+            ov(
+                "conv 3x3 s1 64->64 56x56",
+                40.0,
+                3,
+                "brgconv_avx2_f32",
+                "LeakyRelu",
+            ),
+            ov(
+                "conv 1x1 s1 64->256 56x56",
+                21.0,
+                4,
+                "brgconv_avx2_1x1_f32",
+                "Add 3/4",
+            ),
+            ov("avg pool 2x2", 5.0, 3, "jit_avx2_f32", ""),
+            ov("residual add+act", 0.0, 0, "", ""),
+            ov("activation", 0.0, 0, "", ""),
+        ];
+        let rows = join_profiles(&ours, &ov);
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.layer.as_str(),
+                    r.calls,
+                    r.ours_ms,
+                    r.ov_ms,
+                    r.kernel.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "conv 3x3 s1 64->64 56x56 +shift+bias+act",
+                    3,
+                    Some(50.0),
+                    Some(40.0),
+                    "brgconv_avx2_f32, fused LeakyRelu"
+                ),
+                (
+                    "conv 1x1 s1 64->256 56x56 +bias, +bias+add+act",
+                    4,
+                    Some(42.0),
+                    Some(21.0),
+                    "brgconv_avx2_1x1_f32, fused Add 3/4"
+                ),
+                (
+                    "temporal shift",
+                    16,
+                    Some(40.0),
+                    Some(60.0),
+                    "ref_f32 (128 nodes)"
+                ),
+                ("residual add+act", 15, Some(25.0), None, "fused into conv"),
+                ("max pool 3x3", 1, Some(20.0), None, ""),
+                (
+                    "layout reorder",
+                    0,
+                    None,
+                    Some(100.0),
+                    "reorder_f32 (34 nodes)"
+                ),
+                ("avg pool 2x2", 0, None, Some(5.0), "jit_avx2_f32 (3 nodes)"),
+            ]
+        );
+    }
 }

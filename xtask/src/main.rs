@@ -93,7 +93,8 @@ enum BenchWhat {
         steps: usize,
     },
     /// PP-TSM R50, 8 frames at 224: eval (batch 1 and 8) and a training step (batch 2), ours
-    /// against Paddle 3.3.1 on the CPU with the same thread count; then our per-layer profile.
+    /// against Paddle 3.3.1 on the CPU with the same thread count; then our per-layer profile,
+    /// joined with OpenVINO's (as `model-profile` prints it).
     Model {
         /// One timed iteration per measurement instead of several.
         #[arg(long)]
@@ -101,6 +102,17 @@ enum BenchWhat {
         /// Threads for both sides (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Only the per-layer profile that `bench model` ends with: our batch-1 eval forward, step
+    /// by step, joined with OpenVINO's performance counters for the same layers of our exported
+    /// model (f32, same threads; `tests/bench/onnx_engines.py openvino-f32-profile`).
+    ModelProfile {
+        /// Threads for both sides (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// OpenVINO forwards to average its counters over (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
     },
 }
 
@@ -143,6 +155,9 @@ fn run() -> Result<()> {
         Cmd::Bench {
             what: BenchWhat::Model { quick, threads },
         } => bench::model(quick, threads),
+        Cmd::Bench {
+            what: BenchWhat::ModelProfile { threads, iters },
+        } => bench::model_profile(threads, iters),
     }
 }
 
