@@ -2,8 +2,9 @@
 //!
 //!     model_bench eval|train DEPTH NUM_SEG SIZE BATCH ITERS [--profile]
 //!
-//! Random weights and clips. `eval`: the BN-folded model's forward (no gradients). `train`: a
-//! training step (forward in training mode, cross entropy, backward, candle-nn's SGD update of
+//! Random weights and clips. `eval`: the BN-folded model's forward (no gradients), as the crate
+//! README runs it (no allocator call). `train`: a training step (as `tsm-cli train` runs it, after
+//! `keep_freed_memory`: forward in training mode, cross entropy, backward, candle-nn's SGD update of
 //! every trainable variable; train-loop's Nesterov momentum adds a few element-wise passes over
 //! the weights, under 1% of a step). One untimed warm-up iteration, then ITERS timed ones. Prints
 //! one JSON line: clips, seconds, cpu_seconds (of the timed iterations), peak_rss_mb.
@@ -88,7 +89,6 @@ fn print_profile(profile: &Profile, frames: usize) {
 }
 
 fn main() -> Result<()> {
-    tsm_model::keep_freed_memory(); // as tsm-cli does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let profile = args.iter().any(|a| a == "--profile");
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
@@ -121,6 +121,8 @@ fn main() -> Result<()> {
             })
         }
         "train" => {
+            // as `tsm-cli train` runs it; eval is the README's path, with no allocator call
+            tsm_model::keep_freed_memory();
             let mut opt = SGD::new(model.trainable_vars()?, 0.01)?;
             Box::new(move || {
                 let logits = model.forward_t(&clips, true)?;
