@@ -518,7 +518,10 @@ fn thread_count(threads: Option<usize>) -> String {
 /// forward, ours against OpenVINO's ([`layer_profile`]). Each engine runs in its own process
 /// with the same thread count: Paddle, us, and our exported ONNX model in ONNX Runtime and in
 /// OpenVINO (fp32 hint, and its default precision, whichever that is here).
-pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
+pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     let bench = ModelBench::build()?;
     let (python, ours, onnx) = (&bench.python, &bench.ours, &bench.onnx);
     let script = project_root().join("tests/bench/model_baselines.py");
@@ -531,73 +534,117 @@ pub fn model(quick: bool, threads: Option<usize>) -> Result<()> {
         ("eval, batch 8", "eval", 8, if quick { 1 } else { 2 }),
         ("train step, batch 2", "train", 2, if quick { 1 } else { 3 }),
     ];
-    let mut rows: Vec<(&str, String, Measurement)> = Vec::new();
-    for (label, mode, batch, iters) in cases {
-        let args = [mode.to_string(), "50".into(), "8".into(), "224".into()]
-            .into_iter()
-            .chain([batch.to_string(), iters.to_string()]);
-        let args: Vec<String> = args.collect();
-        let paddle = measure(
-            Command::new(python)
-                .arg(&script)
-                .args(&args)
-                .env("OMP_NUM_THREADS", &threads)
-                .env("MKL_NUM_THREADS", &threads)
-                .env("FLAGS_use_onednn", "1"),
-        )?;
-        rows.push((label, "Paddle 3.3.1 (oneDNN)".into(), paddle));
-        let rs = measure(
-            Command::new(ours)
-                .args(&args)
-                .env("RAYON_NUM_THREADS", &threads),
-        )?;
-        rows.push((label, "tsm-rs".into(), rs));
-        if mode != "eval" {
-            continue;
+    // every (case, engine) in first-run order, with its measurement from each round
+    let mut rows: Vec<(&str, String, Vec<Measurement>)> = Vec::new();
+    let mut record = |label: &'static str, engine: String, m: Measurement| match rows
+        .iter_mut()
+        .find(|r| r.0 == label && r.1 == engine)
+    {
+        Some(r) => r.2.push(m),
+        None => rows.push((label, engine, vec![m])),
+    };
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("xtask: bench model: round {round} of {rounds}");
         }
-        for (engine, name) in [
-            ("onnxruntime", "ONNX Runtime, CPU EP"),
-            ("openvino-f32", "OpenVINO CPU, f32 hint"),
-            ("openvino", "OpenVINO CPU, default"),
-        ] {
-            let mut cmd = Command::new(python);
-            cmd.arg(&engines)
-                .arg(engine)
-                .arg(onnx)
-                .args([batch.to_string(), iters.to_string(), threads.clone()])
-                .env("OMP_NUM_THREADS", &threads);
-            let (m, precision) = measure_with_precision(&mut cmd)?;
-            rows.push((label, format!("{name} (ran {precision})"), m));
+        for (label, mode, batch, iters) in cases {
+            let args = [mode.to_string(), "50".into(), "8".into(), "224".into()]
+                .into_iter()
+                .chain([batch.to_string(), iters.to_string()]);
+            let args: Vec<String> = args.collect();
+            let paddle = measure(
+                Command::new(python)
+                    .arg(&script)
+                    .args(&args)
+                    .env("OMP_NUM_THREADS", &threads)
+                    .env("MKL_NUM_THREADS", &threads)
+                    .env("FLAGS_use_onednn", "1"),
+            )?;
+            record(label, "Paddle 3.3.1 (oneDNN)".into(), paddle);
+            let rs = measure(
+                Command::new(ours)
+                    .args(&args)
+                    .env("RAYON_NUM_THREADS", &threads),
+            )?;
+            record(label, "tsm-rs".into(), rs);
+            if mode != "eval" {
+                continue;
+            }
+            for (engine, name) in [
+                ("onnxruntime", "ONNX Runtime, CPU EP"),
+                ("openvino-f32", "OpenVINO CPU, f32 hint"),
+                ("openvino", "OpenVINO CPU, default"),
+            ] {
+                let mut cmd = Command::new(python);
+                cmd.arg(&engines)
+                    .arg(engine)
+                    .arg(onnx)
+                    .args([batch.to_string(), iters.to_string(), threads.clone()])
+                    .env("OMP_NUM_THREADS", &threads);
+                let (m, precision) = measure_with_precision(&mut cmd)?;
+                record(label, format!("{name} (ran {precision})"), m);
+            }
         }
     }
     println!(
         "\nmodel benchmark: PP-TSM R50, 8 frames x 224, random weights, {threads} thread(s) each, \
-         {} ({} cores); ONNX engines on `onnx_export`'s model (Tsm::to_onnx, opset 17)",
+         {} ({} cores), {rounds} round(s) (median clips/s, range over rounds); ONNX engines on \
+         `onnx_export`'s model (Tsm::to_onnx, opset 17)",
         cpu_name(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "| measurement | engine | clips/s | x Paddle | peak RSS MB | RSS x Paddle |\n\
-         |---|---|---:|---:|---:|---:|"
+        "| measurement | engine | clips/s | range | x Paddle | x fastest f32 engine | peak RSS MB | \
+         RSS x Paddle |\n|---|---|---:|---:|---:|---:|---:|---:|"
     );
-    for (label, engine, m) in &rows {
-        let paddle = rows
+    let median_of = |label: &str, pick: &dyn Fn(&str) -> bool| -> Option<f64> {
+        rows.iter()
+            .filter(|r| r.0 == label && pick(&r.1))
+            .map(|r| median_clips_per_s(&r.2))
+            .reduce(f64::max)
+    };
+    for (label, engine, ms) in &rows {
+        let speed = median_clips_per_s(ms);
+        let (lo, hi) = ms
             .iter()
-            .find(|r| r.0 == *label && r.1.starts_with("Paddle"))
-            .map(|r| &r.2);
-        let (speed, rss) = paddle.map_or(("-".into(), "-".into()), |p| {
+            .map(Measurement::clips_per_s)
+            .fold((f64::INFINITY, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let rss = ms.iter().map(|m| m.peak_rss_mb).fold(0f64, f64::max);
+        let paddle_rows = rows
+            .iter()
+            .find(|r| r.0 == *label && r.1.starts_with("Paddle"));
+        let (vs_paddle, rss_ratio) = paddle_rows.map_or(("-".into(), "-".into()), |p| {
+            let p_rss = p.2.iter().map(|m| m.peak_rss_mb).fold(0f64, f64::max);
             (
-                format!("{:.2}x", m.clips_per_s() / p.clips_per_s()),
-                format!("{:.2}", m.peak_rss_mb / p.peak_rss_mb),
+                format!("{:.2}x", speed / median_clips_per_s(&p.2)),
+                format!("{:.2}", rss / p_rss),
             )
         });
+        // the engines' fastest median, f32 or not, as the bar for our row
+        let onnx_best = median_of(label, &|e: &str| {
+            e.contains("ONNX Runtime") || e.contains("OpenVINO")
+        });
+        let vs_best = match onnx_best {
+            Some(best) if engine == "tsm-rs" => format!("{:.2}x", speed / best),
+            _ => "-".into(),
+        };
         println!(
-            "| {label} | {engine} | {:.3} | {speed} | {:.0} | {rss} |",
-            m.clips_per_s(),
-            m.peak_rss_mb
+            "| {label} | {engine} | {speed:.3} | {lo:.3}-{hi:.3} | {vs_paddle} | {vs_best} | \
+             {rss:.0} | {rss_ratio} |"
         );
     }
     layer_profile(&bench, &threads, eval_iters)
+}
+
+/// The median of the rounds' clips/s (the mean of the middle two for an even count).
+fn median_clips_per_s(ms: &[Measurement]) -> f64 {
+    let mut v: Vec<f64> = ms.iter().map(Measurement::clips_per_s).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// `cargo xtask bench model-profile`: only the per-layer profile of `bench model`.
@@ -955,6 +1002,18 @@ fn cpu_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_over_rounds() {
+        let m = |clips: f64| Measurement {
+            clips,
+            seconds: 1.0,
+            peak_rss_mb: 0.0,
+        };
+        assert_eq!(median_clips_per_s(&[m(3.0)]), 3.0);
+        assert_eq!(median_clips_per_s(&[m(5.0), m(1.0), m(2.0)]), 2.0);
+        assert_eq!(median_clips_per_s(&[m(4.0), m(1.0), m(2.0), m(9.0)]), 3.0);
+    }
 
     fn step(label: &str, calls: usize, ms: f64) -> StepTime {
         StepTime {

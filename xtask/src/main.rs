@@ -102,6 +102,10 @@ enum BenchWhat {
         /// Threads for both sides (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Rounds of every measurement, interleaved (each round runs each engine once per
+        /// case); the table gives the median and the range.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// Only the per-layer profile that `bench model` ends with: our batch-1 eval forward, step
     /// by step, joined with OpenVINO's performance counters for the same layers of our exported
@@ -153,8 +157,13 @@ fn run() -> Result<()> {
             what: BenchWhat::Scale { steps },
         } => bench::scale(steps),
         Cmd::Bench {
-            what: BenchWhat::Model { quick, threads },
-        } => bench::model(quick, threads),
+            what:
+                BenchWhat::Model {
+                    quick,
+                    threads,
+                    rounds,
+                },
+        } => bench::model(quick, threads, rounds),
         Cmd::Bench {
             what: BenchWhat::ModelProfile { threads, iters },
         } => bench::model_profile(threads, iters),

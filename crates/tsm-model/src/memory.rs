@@ -1,6 +1,8 @@
 //! Process-wide allocator setting for programs that run the model on the CPU.
 
-/// Makes glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+/// Makes glibc's malloc keep freed memory for reuse instead of handing it back to the kernel:
+/// for training, and for models that are not fused. (The fused model's CPU plan keeps its own
+/// buffers, so inference with [`crate::Tsm::fuse_for_inference`] does not need it.)
 ///
 /// Activations are megabytes each, above glibc's mmap threshold: by default each one is mapped
 /// fresh, faulted in page by page (the kernel zeroing every page) and unmapped when dropped, about

@@ -35,7 +35,11 @@ pub(super) struct Blocked {
     pub(super) cb: usize,
     pub(super) h: usize,
     pub(super) w: usize,
+    /// The arena's buffer: the activations are its first [`Blocked::len`] elements (a buffer
+    /// serves larger activations at other points of the pass).
     pub(super) data: Vec<f32>,
+    /// Where the buffer came from (the pass's arena).
+    pub(super) slot: usize,
 }
 
 /// Sizes of a blocked plane (one channel block of one frame).
@@ -86,11 +90,20 @@ impl Blocked {
     }
 
     fn check(&self) {
-        assert_eq!(
-            self.data.len(),
-            Self::len(self.n, self.cb, self.h, self.w),
-            "blocked activations: buffer does not match its sizes"
+        assert!(
+            self.data.len() >= Self::len(self.n, self.cb, self.h, self.w),
+            "blocked activations: buffer smaller than its sizes"
         );
+    }
+
+    /// The activations.
+    fn buf(&self) -> &[f32] {
+        &self.data[..Self::len(self.n, self.cb, self.h, self.w)]
+    }
+
+    fn buf_mut(&mut self) -> &mut [f32] {
+        let len = Self::len(self.n, self.cb, self.h, self.w);
+        &mut self.data[..len]
     }
 }
 
@@ -101,7 +114,7 @@ pub(super) fn to_blocked(x: &[f32], c: usize, out: &mut Blocked) {
     let p = out.plane();
     let (cb, hw) = (out.cb, p.h * p.w);
     assert_eq!(x.len(), out.n * c * hw, "to_blocked: input size");
-    out.data
+    out.buf_mut()
         .par_chunks_mut(p.len())
         .enumerate()
         .for_each(|(i, plane)| {
@@ -134,7 +147,7 @@ pub(super) fn from_blocked(x: &Blocked, c: usize) -> Vec<f32> {
     }
     out.par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
         let (frame, ch) = (i / c, i % c);
-        let plane = &x.data[(frame * x.cb + ch / LANES) * p.len()..][..p.len()];
+        let plane = &x.buf()[(frame * x.cb + ch / LANES) * p.len()..][..p.len()];
         for y in 0..p.h {
             for xi in 0..p.w {
                 dst[y * p.w + xi] = plane[p.at(y, xi) + ch % LANES];
@@ -155,9 +168,9 @@ pub(super) fn max_pool3x3_s2(x: &Blocked, out: &mut Blocked) {
     out.check();
     let (pi, po) = (x.plane(), out.plane());
     assert!(po.h == max_pooled(pi.h) && po.w == max_pooled(pi.w) && x.cb * x.n == out.cb * out.n);
-    out.data
+    out.buf_mut()
         .par_chunks_mut(po.len())
-        .zip(x.data.par_chunks(pi.len()))
+        .zip(x.buf().par_chunks(pi.len()))
         .for_each(|(dst, src)| {
             po.zero_border(dst);
             for oy in 0..po.h {
@@ -188,9 +201,9 @@ pub(super) fn avg_pool2x2_ceil(x: &Blocked, out: &mut Blocked) {
     out.check();
     let (pi, po) = (x.plane(), out.plane());
     assert!(po.h == pi.h.div_ceil(2) && po.w == pi.w.div_ceil(2) && x.cb * x.n == out.cb * out.n);
-    out.data
+    out.buf_mut()
         .par_chunks_mut(po.len())
-        .zip(x.data.par_chunks(pi.len()))
+        .zip(x.buf().par_chunks(pi.len()))
         .for_each(|(dst, src)| {
             po.zero_border(dst);
             for oy in 0..po.h {
@@ -358,7 +371,7 @@ impl PackedConv {
         let k = x.cb * self.k * self.k * LANES;
         let tiles_per_panel = (PANEL_BYTES / (k * PIX_TILE * 4)).max(1);
         let slope = act.then_some(LEAKY_SLOPE as f32);
-        out.data
+        out.buf_mut()
             .par_chunks_mut(frame_len)
             .enumerate()
             .flat_map(|(frame, dst)| {
@@ -369,7 +382,7 @@ impl PackedConv {
             .for_each(|(frame, ob0, dst)| {
                 let reads = sources.of(frame, x.cb);
                 let residual = residual
-                    .map(|r| &r.data[frame * frame_len + ob0 * 2 * po.len()..][..dst.len()]);
+                    .map(|r| &r.buf()[frame * frame_len + ob0 * 2 * po.len()..][..dst.len()]);
                 for plane in dst.chunks_exact_mut(po.len()) {
                     po.zero_border(plane);
                 }
@@ -432,7 +445,7 @@ impl PackedConv {
         });
         let taps = (0..self.k).flat_map(|kh| (0..self.k).map(move |kw| (kh, kw)));
         for r in reads {
-            let plane = &x.data[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
+            let plane = &x.buf()[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
             let full = (r.lo, r.hi) == (0, LANES);
             for (tap, (kh, kw)) in taps.clone().enumerate() {
                 let dst = &mut panel[(r.block * kk + tap) * PIX_TILE * LANES..][..PIX_TILE * LANES];

@@ -47,7 +47,7 @@ pub(crate) struct CpuPlan {
     stem: Vec<Conv>,
     blocks: Vec<Block>,
     out_channels: usize,
-    buffers: BufferPool,
+    arena: KeptArena,
 }
 
 impl std::fmt::Debug for CpuPlan {
@@ -178,7 +178,7 @@ impl CpuPlan {
             stem: stem_convs,
             blocks: plan_blocks,
             out_channels,
-            buffers: BufferPool::default(),
+            arena: KeptArena::default(),
         }))
     }
 
@@ -196,8 +196,13 @@ impl CpuPlan {
         else {
             candle_core::bail!("the CPU plan takes contiguous f32 frames on the CPU")
         };
-        let mut cur = self.alloc(n, c.div_ceil(LANES), h, w);
-        rec.run(
+        let key = (n, c, h, w);
+        let mut pass = Pass {
+            arena: self.arena.take(key),
+            rec,
+        };
+        let mut cur = pass.alloc(n, c.div_ceil(LANES), h, w);
+        pass.rec.run(
             || "to blocked layout".into(),
             || {
                 kernels::to_blocked(&data[a..b], c, &mut cur);
@@ -206,40 +211,49 @@ impl CpuPlan {
         )?;
         drop(storage);
         for conv in &self.stem {
-            let next = self.conv(conv, &cur, None, None, conv.act, rec)?;
-            self.give(std::mem::replace(&mut cur, next));
+            let next = pass.conv(conv, &cur, None, None, conv.act)?;
+            pass.give(std::mem::replace(&mut cur, next));
         }
         let (ph, pw) = (kernels::max_pooled(cur.h), kernels::max_pooled(cur.w));
-        let mut pooled = self.alloc(n, cur.cb, ph, pw);
-        rec.run(
+        let mut pooled = pass.alloc(n, cur.cb, ph, pw);
+        pass.rec.run(
             || "max pool 3x3".into(),
             || {
                 kernels::max_pool3x3_s2(&cur, &mut pooled);
                 Ok(())
             },
         )?;
-        self.give(std::mem::replace(&mut cur, pooled));
+        pass.give(std::mem::replace(&mut cur, pooled));
         for block in &self.blocks {
-            let next = self.block(block, &cur, rec)?;
-            self.give(std::mem::replace(&mut cur, next));
+            let next = pass.block(block, &cur)?;
+            pass.give(std::mem::replace(&mut cur, next));
         }
-        let maps = rec.run(
+        let maps = pass.rec.run(
             || "from blocked layout".into(),
             || Ok(kernels::from_blocked(&cur, self.out_channels)),
         )?;
         let dims = (n, self.out_channels, cur.h, cur.w);
-        self.give(cur);
+        pass.give(cur);
+        self.arena.put(pass.arena);
         Tensor::from_vec(maps, dims, frames.device())
     }
+}
 
+/// One forward pass: its activation memory and profile.
+struct Pass<'a, 'r> {
+    arena: Arena,
+    rec: &'a mut Recorder<'r>,
+}
+
+impl Pass<'_, '_> {
     /// One residual block on `x`.
-    fn block(&self, block: &Block, x: &Blocked, rec: &mut Recorder) -> Result<Blocked> {
+    fn block(&mut self, block: &Block, x: &Blocked) -> Result<Blocked> {
         let short = match &block.short {
             Shortcut::Identity => None,
             Shortcut::Conv { conv, pool_first } => {
                 let pooled = if *pool_first {
                     let mut p = self.alloc(x.n, x.cb, x.h.div_ceil(2), x.w.div_ceil(2));
-                    rec.run(
+                    self.rec.run(
                         || "avg pool 2x2".into(),
                         || {
                             kernels::avg_pool2x2_ceil(x, &mut p);
@@ -250,7 +264,7 @@ impl CpuPlan {
                 } else {
                     None
                 };
-                let s = self.conv(conv, pooled.as_ref().unwrap_or(x), None, None, false, rec)?;
+                let s = self.conv(conv, pooled.as_ref().unwrap_or(x), None, None, false)?;
                 if let Some(p) = pooled {
                     self.give(p);
                 }
@@ -264,7 +278,7 @@ impl CpuPlan {
             // the last conv adds the (unshifted) shortcut, then the activation
             let residual = last.then(|| short.as_ref().unwrap_or(x));
             let input = y.as_ref().unwrap_or(x);
-            let out = self.conv(conv, input, sources, residual, conv.act || last, rec)?;
+            let out = self.conv(conv, input, sources, residual, conv.act || last)?;
             if let Some(old) = y.replace(out) {
                 self.give(old);
             }
@@ -279,17 +293,16 @@ impl CpuPlan {
     }
 
     fn conv(
-        &self,
+        &mut self,
         conv: &Conv,
         x: &Blocked,
         sources: Option<BlockSources>,
         residual: Option<&Blocked>,
         act: bool,
-        rec: &mut Recorder,
     ) -> Result<Blocked> {
         let p = &conv.packed;
         let mut out = self.alloc(x.n, p.cout / LANES, p.out_size(x.h), p.out_size(x.w));
-        rec.run(
+        self.rec.run(
             || conv.label(x.h, x.w, sources.is_some(), residual.is_some(), act),
             || {
                 p.run(x, sources, residual, act, &mut out);
@@ -299,54 +312,122 @@ impl CpuPlan {
         Ok(out)
     }
 
-    fn alloc(&self, n: usize, cb: usize, h: usize, w: usize) -> Blocked {
+    fn alloc(&mut self, n: usize, cb: usize, h: usize, w: usize) -> Blocked {
+        let (slot, data) = self.arena.take(Blocked::len(n, cb, h, w));
         Blocked {
             n,
             cb,
             h,
             w,
-            data: self.buffers.take(Blocked::len(n, cb, h, w)),
+            data,
+            slot,
         }
     }
 
-    fn give(&self, x: Blocked) {
-        self.buffers.give(x.data);
+    fn give(&mut self, x: Blocked) {
+        self.arena.give(x.slot, x.data);
     }
 }
 
-/// Activation buffers kept between calls: a pass frees what the next one allocates, so after
-/// the first call no pass maps (and the kernel zeroes) fresh pages.
-#[derive(Default)]
-struct BufferPool(Mutex<Vec<Vec<f32>>>);
+/// The activation buffers of a pass, kept for the next pass on input of the same size.
+///
+/// The first pass on a size allocates each buffer as it needs it (reusing a freed one that is
+/// large enough, the smallest such) and records which buffer served each request; later passes
+/// on that size make the same requests with the same lifetimes and replay the record, so they
+/// allocate nothing and no page is mapped (and zeroed by the kernel) again. A pass on another
+/// size records anew, freeing the old buffers. Concurrent passes on one model: one gets the
+/// kept buffers, the others allocate their own.
+struct Arena {
+    /// The input `[n, c, h, w]` the record is for.
+    key: (usize, usize, usize, usize),
+    /// Every buffer; `None` while lent out.
+    slots: Vec<Option<Vec<f32>>>,
+    /// The slot that served each request, in order.
+    record: Vec<usize>,
+    /// Replaying `record` (else recording it); the next request's index.
+    replay: bool,
+    next: usize,
+}
 
-impl BufferPool {
-    /// A buffer of `len` elements, contents unspecified: the smallest kept one that holds
-    /// `len`, else a new one in place of the largest.
-    fn take(&self, len: usize) -> Vec<f32> {
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let fit = pool
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        let largest = || pool.iter().enumerate().max_by_key(|(_, b)| b.capacity());
-        match fit.or_else(|| largest().map(|(i, _)| i)) {
-            Some(i) if fit.is_some() => {
-                let mut buf = pool.swap_remove(i);
-                buf.resize(len, 0.0);
-                buf
-            }
-            // none holds it: replace the largest (a first pass, or a larger batch)
-            Some(i) => {
-                drop(pool.swap_remove(i));
-                vec![0.0; len]
-            }
-            None => vec![0.0; len],
+impl Arena {
+    fn new(key: (usize, usize, usize, usize)) -> Self {
+        Self {
+            key,
+            slots: Vec::new(),
+            record: Vec::new(),
+            replay: false,
+            next: 0,
         }
     }
 
-    fn give(&self, buf: Vec<f32>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+    /// A slot and its buffer of `len` elements, contents unspecified.
+    fn take(&mut self, len: usize) -> (usize, Vec<f32>) {
+        let replayed = self
+            .replay
+            .then(|| self.record.get(self.next).copied())
+            .flatten();
+        self.next += 1;
+        let slot = match replayed.filter(|&s| self.slots.get(s).is_some_and(Option::is_some)) {
+            Some(s) => s,
+            None => {
+                // recording, or (never expected) a replay that does not match: record afresh
+                if self.replay {
+                    self.replay = false;
+                    self.record.truncate(self.next - 1);
+                }
+                let fit = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, b)| b.as_ref().map(|b| (i, b.len())))
+                    .filter(|&(_, have)| have >= len)
+                    .min_by_key(|&(_, have)| have)
+                    .map(|(i, _)| i);
+                let s = fit.unwrap_or_else(|| {
+                    self.slots.push(Some(Vec::new()));
+                    self.slots.len() - 1
+                });
+                self.record.push(s);
+                s
+            }
+        };
+        // grown only when first used for a larger activation: its length stays the largest
+        // it has served, so a replay never writes zeros into it
+        let mut buf = self.slots[slot].take().unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        (slot, buf)
+    }
+
+    fn give(&mut self, slot: usize, buf: Vec<f32>) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Some(buf);
+        }
+    }
+}
+
+/// Where a model keeps its [`Arena`] between passes.
+#[derive(Default)]
+struct KeptArena(Mutex<Option<Arena>>);
+
+impl KeptArena {
+    /// The kept arena for input `key`, set to replay; a new one for another size, or while
+    /// another pass holds it.
+    fn take(&self, key: (usize, usize, usize, usize)) -> Arena {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match kept {
+            Some(mut a) if a.key == key => {
+                a.replay = true;
+                a.next = 0;
+                a
+            }
+            _ => Arena::new(key),
+        }
+    }
+
+    /// Keeps `arena` for the next pass.
+    fn put(&self, arena: Arena) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(arena);
     }
 }
