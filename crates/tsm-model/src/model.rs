@@ -268,7 +268,7 @@ impl Tsm {
         &self.cfg
     }
 
-    #[cfg(any(feature = "onnx", test))]
+    #[cfg(any(feature = "onnx", all(test, target_arch = "x86_64")))]
     pub(crate) fn backbone(&self) -> &ResNetTweaksTsm {
         &self.backbone
     }
