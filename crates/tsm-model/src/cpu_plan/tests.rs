@@ -63,7 +63,7 @@ fn kernels_run_on_this_cpu() {
 #[test]
 fn bottleneck_plan_matches_per_op_path() {
     let m = model(50, 4, true);
-    for (clips, size) in [(1, 32), (2, 33), (1, 35)] {
+    for (clips, size) in [(1, 32), (2, 33), (1, 35), (1, 1), (1, 7)] {
         let e = plan_vs_ops(&m, clips, size);
         assert!(e < 1e-5, "R50 {clips} clips of {size}px: rel L2 {e}");
     }
