@@ -557,22 +557,9 @@ impl ResNetTweaksTsm {
     fn cpu_plan(&self) -> Result<Option<CpuPlan>> {
         let stem: Option<Vec<ConvDesc>> = self.stem.iter().map(ConvBn::plan_desc).collect();
         let blocks: Option<Vec<BlockDesc>> = self
-            .blocks
-            .iter()
-            .map(|b| {
-                let (branch, short): (Vec<&ConvBn>, &Option<ConvBn>) = match b {
-                    Block::Bottleneck {
-                        conv0,
-                        conv1,
-                        conv2,
-                        short,
-                    } => (vec![conv0, conv1, conv2], short),
-                    Block::Basic {
-                        conv0,
-                        conv1,
-                        short,
-                    } => (vec![conv0, conv1], short),
-                };
+            .block_convs()
+            .into_iter()
+            .map(|(branch, short)| {
                 let short = match short {
                     Some(s) => Some((s.plan_desc()?, s.pool_first)),
                     None => None,
@@ -631,7 +618,7 @@ impl ResNetTweaksTsm {
 
     /// Every block as its branch convs in order and its shortcut conv (identity when `None`):
     /// Bottleneck and BasicBlock differ only in the branch.
-    #[cfg(feature = "onnx")]
+    #[cfg(any(feature = "onnx", target_arch = "x86_64"))]
     pub(crate) fn block_convs(&self) -> Vec<(Vec<&ConvBn>, Option<&ConvBn>)> {
         self.blocks
             .iter()
