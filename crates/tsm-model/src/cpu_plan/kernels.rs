@@ -164,63 +164,61 @@ pub(super) fn max_pooled(n: usize) -> usize {
 
 /// Paddle's `MaxPool2D(3, stride=2, padding=1)`: each window clipped to the image.
 pub(super) fn max_pool3x3_s2(x: &Blocked, out: &mut Blocked) {
-    x.check();
-    out.check();
-    let (pi, po) = (x.plane(), out.plane());
-    assert!(po.h == max_pooled(pi.h) && po.w == max_pooled(pi.w) && x.cb * x.n == out.cb * out.n);
-    out.buf_mut()
-        .par_chunks_mut(po.len())
-        .zip(x.buf().par_chunks(pi.len()))
-        .for_each(|(dst, src)| {
-            po.zero_border(dst);
-            for oy in 0..po.h {
-                let rows = (2 * oy).saturating_sub(1)..(2 * oy + 2).min(pi.h);
-                for ox in 0..po.w {
-                    let cols = (2 * ox).saturating_sub(1)..(2 * ox + 2).min(pi.w);
-                    let mut m = [f32::NEG_INFINITY; LANES];
-                    for y in rows.clone() {
-                        for xi in cols.clone() {
-                            let v = &src[pi.at(y, xi)..][..LANES];
-                            for (m, &v) in m.iter_mut().zip(v) {
-                                if v > *m {
-                                    *m = v;
-                                }
-                            }
-                        }
-                    }
-                    dst[po.at(oy, ox)..][..LANES].copy_from_slice(&m);
-                }
-            }
-        });
+    assert!(out.h == max_pooled(x.h) && out.w == max_pooled(x.w));
+    let window = |o: usize, n: usize| (2 * o).saturating_sub(1)..(2 * o + 2).min(n);
+    let max = |m: f32, v: f32| if v > m { v } else { m };
+    pool(x, out, window, f32::NEG_INFINITY, max, |m, _| m);
 }
 
 /// Paddle's `AvgPool2D(2, stride=2, ceil_mode=True)`, exclusive: a window on the last
 /// row/column of an odd size averages the cells inside the image.
 pub(super) fn avg_pool2x2_ceil(x: &Blocked, out: &mut Blocked) {
+    assert!(out.h == x.h.div_ceil(2) && out.w == x.w.div_ceil(2));
+    let window = |o: usize, n: usize| 2 * o..(2 * o + 2).min(n);
+    pool(
+        x,
+        out,
+        window,
+        0.0,
+        |s, v| s + v,
+        |s, cells| s * (1.0 / cells as f32),
+    );
+}
+
+/// Pools every plane of `x` into `out`: output `(oy, ox)` is `finish(fold, cells)` of the
+/// cells `window(oy, h) x window(ox, w)`, folded from `init` with `combine` per channel.
+fn pool(
+    x: &Blocked,
+    out: &mut Blocked,
+    window: impl Fn(usize, usize) -> std::ops::Range<usize> + Sync,
+    init: f32,
+    combine: impl Fn(f32, f32) -> f32 + Sync,
+    finish: impl Fn(f32, usize) -> f32 + Sync,
+) {
     x.check();
     out.check();
+    assert_eq!(x.cb * x.n, out.cb * out.n, "pool: planes differ");
     let (pi, po) = (x.plane(), out.plane());
-    assert!(po.h == pi.h.div_ceil(2) && po.w == pi.w.div_ceil(2) && x.cb * x.n == out.cb * out.n);
     out.buf_mut()
         .par_chunks_mut(po.len())
         .zip(x.buf().par_chunks(pi.len()))
         .for_each(|(dst, src)| {
             po.zero_border(dst);
             for oy in 0..po.h {
-                let rows = 2 * oy..(2 * oy + 2).min(pi.h);
+                let rows = window(oy, pi.h);
                 for ox in 0..po.w {
-                    let cols = 2 * ox..(2 * ox + 2).min(pi.w);
-                    let mut s = [0f32; LANES];
+                    let cols = window(ox, pi.w);
+                    let mut acc = [init; LANES];
                     for y in rows.clone() {
                         for xi in cols.clone() {
-                            for (s, &v) in s.iter_mut().zip(&src[pi.at(y, xi)..][..LANES]) {
-                                *s += v;
+                            for (a, &v) in acc.iter_mut().zip(&src[pi.at(y, xi)..][..LANES]) {
+                                *a = combine(*a, v);
                             }
                         }
                     }
-                    let inv = 1.0 / (rows.len() * cols.len()) as f32;
-                    for (d, s) in dst[po.at(oy, ox)..][..LANES].iter_mut().zip(s) {
-                        *d = s * inv;
+                    let cells = rows.len() * cols.len();
+                    for (d, a) in dst[po.at(oy, ox)..][..LANES].iter_mut().zip(acc) {
+                        *d = finish(a, cells);
                     }
                 }
             }
