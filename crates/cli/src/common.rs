@@ -47,35 +47,26 @@ pub fn cuda(n: usize) -> Result<Device> {
     )
 }
 
-/// The config stored in a checkpoint's metadata and all its metadata, sorted by key, read from
-/// the safetensors header alone; errors for files that are not tsm-model checkpoints.
+/// The validated config stored in a checkpoint's metadata and all its metadata, sorted by key,
+/// read from the safetensors header alone; errors for files that are not tsm-model checkpoints
+/// and for configs `Tsm::load` would refuse (the same error).
 pub fn checkpoint_config(path: &Path) -> Result<(TsmConfig, Vec<(String, String)>)> {
-    let header = read_header(path).with_context(|| format!("reading {}", path.display()))?;
-    let meta = tsm_model::read_metadata(path, &header)?;
-    let Some(json) = meta.get(CONFIG_METADATA_KEY) else {
-        bail!(
+    let (cfg, meta) = match tsm_model::read_checkpoint_config(path) {
+        Ok(found) => found,
+        Err(TsmError::NoConfig { .. }) => bail!(
             "{}: no `{CONFIG_METADATA_KEY}` in the safetensors metadata, so not a tsm-model \
              checkpoint (convert PaddleVideo .pdparams with `cargo xtask convert-weights`)",
             path.display()
-        )
+        ),
+        // As before: "reading PATH: OS error", the cause once (TsmError::Io shows it too).
+        Err(TsmError::Io { path, cause }) => {
+            return Err(anyhow::Error::new(cause).context(format!("reading {}", path.display())))
+        }
+        Err(e) => return Err(e.into()),
     };
-    let cfg: TsmConfig = serde_json::from_str(json)
-        .with_context(|| format!("{}: `{CONFIG_METADATA_KEY}` metadata", path.display()))?;
     let mut meta: Vec<_> = meta.into_iter().collect();
     meta.sort();
     Ok((cfg, meta))
-}
-
-/// The length prefix and JSON header of a safetensors file, without its tensor data.
-fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut head = vec![0u8; 8];
-    file.read_exact(&mut head)?;
-    let len = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
-    // A corrupt length is reported by `read_metadata` against the bytes actually there.
-    file.take(len).read_to_end(&mut head)?;
-    Ok(head)
 }
 
 /// Loads weights, saying what is wrong when the file is not a tsm-model checkpoint or its

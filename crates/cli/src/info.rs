@@ -27,6 +27,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args, _: &Global) -> Result<Outcome> {
+    // The config is validated as `Tsm::load` does, so a checkpoint it refuses is refused here
+    // with the same error, before anything is sized from it.
     let (cfg, meta) = checkpoint_config(&args.weights)?;
     // Loading checks that the tensors make the model the metadata describes.
     let model = load_model(&args.weights, &Device::Cpu)?;
@@ -44,8 +46,15 @@ pub fn run(args: Args, _: &Global) -> Result<Outcome> {
         "BasicBlock"
     };
     println!("file:          {}", args.weights.display());
+    // num_classes 0 is a valid config (a backbone, e.g. converted ImageNet weights) that
+    // predict and eval refuse; say so rather than print it like a classifier.
+    let head = if cfg.num_classes > 0 {
+        "ppTSM head"
+    } else {
+        "no head (features only)"
+    };
     println!(
-        "architecture:  PP-TSM: ResNet-{}-vd ({block}) with temporal shift, ppTSM head",
+        "architecture:  PP-TSM: ResNet-{}-vd ({block}) with temporal shift, {head}",
         cfg.depth
     );
     println!("depth:         {}", cfg.depth);
@@ -58,7 +67,11 @@ pub fn run(args: Args, _: &Global) -> Result<Outcome> {
             "off (TSN)".into()
         }
     );
-    println!("classes:       {}", cfg.num_classes);
+    if cfg.num_classes > 0 {
+        println!("classes:       {}", cfg.num_classes);
+    } else {
+        println!("classes:       0 (a backbone: predict and eval need a classification head)");
+    }
     println!("features:      {}", cfg.feature_dim());
     println!("dropout:       {}", cfg.dropout);
     println!(

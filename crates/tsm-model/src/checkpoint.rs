@@ -92,19 +92,115 @@ pub fn write_safetensors(
     std::fs::write(path, file).map_err(io(path))
 }
 
-/// The `__metadata__` map of safetensors bytes (empty when absent).
-pub fn read_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>, TsmError> {
-    let Some(len) = bytes.get(..8) else {
-        return Err(meta_err(path, "shorter than a safetensors header"));
+/// Safetensors' own cap on the JSON header: the `safetensors` crate refuses longer ones, and a
+/// length prefix read from some other kind of file must not size an allocation.
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// Why a file is not safetensors: its first bytes are not an 8-byte little-endian length
+/// followed by that many bytes of JSON object.
+#[derive(Debug, thiserror::Error)]
+pub enum BadSafetensorsHeader {
+    /// The file cannot even hold the length prefix.
+    #[error("{file_len} bytes is shorter than the 8-byte header length")]
+    TooShort {
+        /// The file's size.
+        file_len: u64,
+    },
+    /// The length prefix is larger than what follows it (what the first 8 bytes of a video, a
+    /// pickle or a text file read as).
+    #[error("its header length {header_len} exceeds the {available} bytes after it")]
+    LongerThanFile {
+        /// The length prefix.
+        header_len: u64,
+        /// Bytes of the file after the prefix.
+        available: u64,
+    },
+    /// The length prefix is over [`MAX_HEADER_LEN`].
+    #[error("its header length {header_len} is over safetensors' limit of {MAX_HEADER_LEN}")]
+    OverLimit {
+        /// The length prefix.
+        header_len: u64,
+    },
+    /// The header is not a JSON object.
+    #[error("its header does not start with `{{`")]
+    NotJsonObject,
+    /// The header starts like a JSON object but does not parse.
+    #[error("its header is not JSON")]
+    Json(#[source] serde_json::Error),
+}
+
+fn not_safetensors(path: &Path, reason: BadSafetensorsHeader) -> TsmError {
+    TsmError::NotSafetensors {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// The header length a safetensors length `prefix` gives, checked against the `available`
+/// bytes after it and against [`MAX_HEADER_LEN`].
+fn checked_header_len(path: &Path, prefix: [u8; 8], available: u64) -> Result<usize, TsmError> {
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > available {
+        return Err(not_safetensors(
+            path,
+            BadSafetensorsHeader::LongerThanFile {
+                header_len,
+                available,
+            },
+        ));
+    }
+    if header_len > MAX_HEADER_LEN {
+        return Err(not_safetensors(
+            path,
+            BadSafetensorsHeader::OverLimit { header_len },
+        ));
+    }
+    // At most MAX_HEADER_LEN, so it fits a usize on every target we build for.
+    usize::try_from(header_len)
+        .map_err(|_| not_safetensors(path, BadSafetensorsHeader::OverLimit { header_len }))
+}
+
+/// The length prefix and JSON header of the safetensors file at `path`, without its tensor
+/// data: what [`read_metadata`] needs. Files that are not safetensors (videos, `.pdparams`,
+/// text) are refused from their first bytes, before anything is allocated from them.
+pub fn read_header(path: &Path) -> Result<Vec<u8>, TsmError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let file_len = file.metadata().map_err(io(path))?.len();
+    let Some(available) = file_len.checked_sub(8) else {
+        return Err(not_safetensors(
+            path,
+            BadSafetensorsHeader::TooShort { file_len },
+        ));
     };
-    let len = u64::from_le_bytes(len.try_into().unwrap_or_default());
-    let end = usize::try_from(len)
-        .ok()
-        .and_then(|l| l.checked_add(8))
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| meta_err(path, format!("header length {len} exceeds the file")))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&bytes[8..end]).map_err(|e| meta_err(path, e.to_string()))?;
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix).map_err(io(path))?;
+    let header_len = checked_header_len(path, prefix, available)?;
+    let mut header = vec![0u8; 8 + header_len];
+    header[..8].copy_from_slice(&prefix);
+    file.read_exact(&mut header[8..]).map_err(io(path))?;
+    Ok(header)
+}
+
+/// The `__metadata__` map of safetensors bytes (the whole file, or its header as
+/// [`read_header`] gives it), empty when absent. Bytes that are not safetensors give
+/// [`TsmError::NotSafetensors`].
+pub fn read_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>, TsmError> {
+    let Some((prefix, rest)) = bytes.split_first_chunk::<8>() else {
+        return Err(not_safetensors(
+            path,
+            BadSafetensorsHeader::TooShort {
+                file_len: bytes.len() as u64,
+            },
+        ));
+    };
+    let header_len = checked_header_len(path, *prefix, rest.len() as u64)?;
+    let json = &rest[..header_len];
+    if json.first() != Some(&b'{') {
+        return Err(not_safetensors(path, BadSafetensorsHeader::NotJsonObject));
+    }
+    let header: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| not_safetensors(path, BadSafetensorsHeader::Json(e)))?;
     let meta = header.get("__metadata__").cloned().unwrap_or_default();
     if meta.is_null() {
         return Ok(HashMap::new());
@@ -112,19 +208,18 @@ pub fn read_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String
     serde_json::from_value(meta).map_err(|e| meta_err(path, format!("__metadata__: {e}")))
 }
 
-/// Reads a checkpoint: the [`TsmConfig`] from its metadata and every tensor.
-pub fn read_checkpoint(
+/// The validated [`TsmConfig`] and all metadata of the checkpoint at `path`, from its header
+/// alone: no tensor data is read, and nothing is sized from the config before it is checked.
+pub fn read_checkpoint_config(
     path: &Path,
-    device: &Device,
-) -> Result<(TsmConfig, HashMap<String, Tensor>), TsmError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let meta = read_metadata(path, &bytes)?;
-    let json = meta.get(CONFIG_METADATA_KEY).ok_or_else(|| {
-        meta_err(
-            path,
-            format!("no `{CONFIG_METADATA_KEY}` in the safetensors metadata"),
-        )
-    })?;
+) -> Result<(TsmConfig, HashMap<String, String>), TsmError> {
+    let header = read_header(path)?;
+    let meta = read_metadata(path, &header)?;
+    let json = meta
+        .get(CONFIG_METADATA_KEY)
+        .ok_or_else(|| TsmError::NoConfig {
+            path: path.to_path_buf(),
+        })?;
     let cfg: TsmConfig = serde_json::from_str(json)
         .map_err(|e| meta_err(path, format!("{CONFIG_METADATA_KEY}: {e}")))?;
     cfg.validate()
@@ -132,6 +227,17 @@ pub fn read_checkpoint(
             path: path.to_path_buf(),
             source,
         })?;
+    Ok((cfg, meta))
+}
+
+/// Reads a checkpoint: the [`TsmConfig`] from its metadata and every tensor. The header and
+/// config are checked before the tensor data is read.
+pub fn read_checkpoint(
+    path: &Path,
+    device: &Device,
+) -> Result<(TsmConfig, HashMap<String, Tensor>), TsmError> {
+    let (cfg, _) = read_checkpoint_config(path)?;
+    let bytes = std::fs::read(path).map_err(io(path))?;
     let tensors =
         candle_core::safetensors::load_buffer(&bytes, device).map_err(|cause| TsmError::Model {
             path: path.to_path_buf(),

@@ -22,6 +22,16 @@ pub enum TsmError {
         /// What is wrong.
         msg: String,
     },
+    /// A safetensors file whose metadata has no model config: not written by this crate or the
+    /// `.pdparams` converter.
+    #[error(
+        "{path}: no `{}` in the safetensors metadata",
+        crate::config::CONFIG_METADATA_KEY
+    )]
+    NoConfig {
+        /// The file.
+        path: PathBuf,
+    },
     /// The tensors do not make the model the config describes (a missing name, a wrong shape).
     #[error("{path}: {cause}")]
     Model {
@@ -34,13 +44,25 @@ pub enum TsmError {
     /// The config describes no model this crate can build.
     #[error("model config: {0}")]
     Config(#[from] crate::config::ConfigError),
-    /// A checkpoint's config describes no model this crate can build.
-    #[error("{path}: {source}")]
+    /// A checkpoint's config describes no model this crate can build. The field and its
+    /// allowed range are in the source, which `{:#}` (anyhow) prints after the file.
+    #[error("{path}: invalid `{}`", crate::config::CONFIG_METADATA_KEY)]
     CheckpointConfig {
         /// The file.
         path: PathBuf,
         /// What is wrong with the config.
+        #[source]
         source: crate::config::ConfigError,
+    },
+    /// The file is not safetensors at all (a video, a `.pdparams` pickle, text). Why is in the
+    /// source, which `{:#}` (anyhow) prints after this.
+    #[error("{path}: not a tsm-rs checkpoint (safetensors)")]
+    NotSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// What its first bytes say.
+        #[source]
+        reason: crate::checkpoint::BadSafetensorsHeader,
     },
     /// A tensor operation failed.
     #[error(transparent)]

@@ -53,7 +53,10 @@ mod onnx;
 mod ops;
 mod resnet;
 
-pub use checkpoint::{read_checkpoint, read_metadata, write_safetensors};
+pub use checkpoint::{
+    read_checkpoint, read_checkpoint_config, read_header, read_metadata, write_safetensors,
+    BadSafetensorsHeader, MAX_HEADER_LEN,
+};
 pub use config::{ConfigError, TsmConfig, CONFIG_METADATA_KEY};
 pub use error::TsmError;
 pub use memory::keep_freed_memory;

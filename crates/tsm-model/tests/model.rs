@@ -194,8 +194,14 @@ fn load_errors_name_the_problem() {
     let e = Tsm::load(&p, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("x.safetensors"), "{e}");
     std::fs::write(&p, b"\x10\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
-    let e = Tsm::load(&p, &Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("exceeds"), "{e}");
+    let e = Tsm::load(&p, &Device::Cpu).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not a tsm-rs checkpoint (safetensors)"),
+        "{e}"
+    );
+    let reason = std::error::Error::source(&e).unwrap().to_string();
+    assert!(reason.contains("exceeds"), "{reason}");
     // no config in the metadata
     tsm_model::write_safetensors(&p, &[], &Default::default()).unwrap();
     let e = Tsm::load(&p, &Device::Cpu).unwrap_err().to_string();
