@@ -16,7 +16,7 @@ Examples:
   mpirun -np 4 tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml   (built with --features mpi)
   srun --ntasks-per-node=8 --gpus-per-node=8 tsm-cli train --device cuda -c ...   (--features cuda)
 
-The run directory (output.dir, or --output) receives config.toml (the resolved configuration),
+The run directory (`dir` under [output] in the recipe, or --output, which wins) receives config.toml (the resolved configuration),
 metrics.jsonl (every step, epoch and validation), curves.png (its charts, as `tsm-cli plot`
 draws them), epoch_NNNNN.safetensors checkpoints with their .state.safetensors training state,
 and best.safetensors. --resume continues from the newest complete checkpoint there (from the

@@ -30,6 +30,25 @@ fn converts_inspects_and_refuses_hostile_files() {
     let model = tsm_model::Tsm::load(&output, &candle_core::Device::Cpu).unwrap();
     assert_eq!((model.config().depth, model.config().num_seg), (18, 16));
 
+    // the output as `-o`, as assets/configs/pptsm_ucf101_tutorial.toml shows it
+    let with_flag = out_dir.path().join("r18_o.safetensors");
+    let run = convert_weights()
+        .arg(&input)
+        .arg("-o")
+        .arg(&with_flag)
+        .args(["--num-seg", "16"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&with_flag).unwrap(),
+        std::fs::read(&output).unwrap()
+    );
+
     let inspect = convert_weights()
         .arg(&input)
         .arg("--inspect")

@@ -44,7 +44,9 @@ pub struct TrainConfig {
     /// Knowledge distillation from a teacher checkpoint (off when absent).
     #[serde(default)]
     pub distill: Option<DistillConfig>,
-    /// Where the run directory is.
+    /// Where the run directory is: `[output]` in the file, or set by an override (`tsm-cli
+    /// train --output DIR`), so a recipe need not name one.
+    #[serde(default)]
     pub output: OutputConfig,
 }
 
@@ -249,7 +251,7 @@ pub struct DistillConfig {
 }
 
 /// `[output]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// The run directory: checkpoints, `metrics.jsonl`, `config.toml`.
@@ -323,6 +325,13 @@ impl TrainConfig {
     }
 
     fn validate_values(&self) -> std::result::Result<(), String> {
+        if self.output.dir.as_os_str().is_empty() {
+            return Err(
+                "no run directory: set `dir` under [output] or pass one (tsm-cli train --output \
+                 DIR, or -o output.dir=DIR)"
+                    .into(),
+            );
+        }
         let arch = &self.model.arch;
         if arch.num_classes == 0 {
             return Err("model.num_classes must be at least 1".into());

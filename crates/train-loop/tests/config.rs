@@ -104,6 +104,29 @@ fn overrides_set_values_and_name_bad_keys() {
     assert_eq!(again, c);
 }
 
+/// A recipe without `[output]` takes its run directory from an override (what `tsm-cli train
+/// --output DIR` passes), and says how to give one when there is none.
+#[test]
+fn run_directory_from_the_recipe_or_an_override() {
+    let text = std::fs::read_to_string(asset("pptsm_ucf101_tutorial.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert!(
+        table.contains_key("output"),
+        "the tutorial recipe has [output]"
+    );
+    let mut without = table.clone();
+    without.remove("output");
+    let without = toml::to_string(&without).unwrap();
+    let c =
+        TrainConfig::from_toml_str(&without, Path::new("r.toml"), &["output.dir=runs/y".into()])
+            .unwrap();
+    assert_eq!(c.output.dir, Path::new("runs/y"));
+    let e = TrainConfig::from_toml_str(&without, Path::new("r.toml"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("r.toml") && e.contains("--output"), "{e}");
+}
+
 #[test]
 fn file_errors_name_the_key() {
     let text = std::fs::read_to_string(asset("pptsm_ucf101_tutorial.toml")).unwrap();

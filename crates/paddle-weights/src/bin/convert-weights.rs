@@ -18,6 +18,14 @@ struct ConvertArgs {
     input: PathBuf,
     /// The safetensors checkpoint to write (not used with --inspect).
     output: Option<PathBuf>,
+    /// The checkpoint to write, as an option: the same as OUTPUT.
+    #[arg(
+        short = 'o',
+        long = "out",
+        value_name = "OUTPUT",
+        conflicts_with = "output"
+    )]
+    out: Option<PathBuf>,
     /// List the file's keys, dtypes and shapes instead of converting.
     #[arg(long)]
     inspect: bool,
@@ -60,7 +68,7 @@ fn run(args: ConvertArgs) -> Result<()> {
         eprintln!("{} arrays", entries.len());
         return Ok(());
     }
-    let Some(output) = &args.output else {
+    let Some(output) = args.output.as_ref().or(args.out.as_ref()) else {
         bail!("an output path is required (or pass --inspect)");
     };
     let opts = paddle_weights::ConvertOptions {
