@@ -7,12 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 mod compare;
+mod docs;
 pub mod motion;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use compare::{max_abs_diff, mean_abs_diff, rel_l2, rel_max_diff, Values};
+pub use docs::{documented_commands, DocCommand};
 
 /// The workspace root.
 pub fn project_root() -> PathBuf {

@@ -82,3 +82,30 @@ fn run(args: ConvertArgs) -> Result<()> {
     println!("wrote {}", output.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// Every `convert-weights` command the docs show (as `cargo xtask convert-weights ...`)
+    /// parses with the real parser.
+    #[test]
+    fn documented_commands_parse() {
+        let commands = test_support::documented_commands("convert-weights");
+        assert!(
+            !commands.is_empty(),
+            "no convert-weights command in the docs"
+        );
+        let failures: Vec<String> = commands
+            .iter()
+            .filter_map(|c| {
+                let argv =
+                    std::iter::once("convert-weights").chain(c.args.iter().map(String::as_str));
+                super::ConvertArgs::try_parse_from(argv)
+                    .err()
+                    .map(|e| format!("{}: convert-weights {}: {e}", c.place, c.args.join(" ")))
+            })
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
