@@ -12,7 +12,7 @@ pub struct DocCommand {
 }
 
 /// The files that show commands: README.md, every crate's README.md, docs/*.md (their fenced
-/// code blocks) and assets/configs/*.toml (their comments).
+/// code blocks) and assets/configs/*.toml (their indented comment lines).
 fn doc_files(root: &Path) -> Vec<PathBuf> {
     let mut files = vec![root.join("README.md")];
     let listed = |dir: &Path, ext: &str| -> Vec<PathBuf> {
@@ -54,7 +54,12 @@ pub fn documented_commands(program: &str) -> Vec<DocCommand> {
         let mut pending: Option<(usize, String)> = None;
         for (i, line) in text.lines().enumerate() {
             let code = if toml {
-                line.trim_start().strip_prefix('#').map(str::trim)
+                // commands stand indented in the comment (`#   tsm-cli train ...`); the rest is
+                // prose, which may name a command in backquotes
+                line.trim_start()
+                    .strip_prefix('#')
+                    .filter(|c| c.starts_with("  "))
+                    .map(str::trim)
             } else if line.trim_start().starts_with("```") {
                 fenced = !fenced;
                 None
