@@ -98,3 +98,25 @@ pub fn documented_commands(program: &str) -> Vec<DocCommand> {
     }
     out
 }
+
+/// Panics (naming each `file:line`) unless every documented `program` command parses with
+/// `parse` (its argv with `program` first; `Err` is the parser's message), and unless there are
+/// at least `min` of them (so that a broken extraction cannot pass).
+pub fn assert_documented_commands_parse<E: std::fmt::Display>(
+    program: &str,
+    min: usize,
+    parse: impl Fn(Vec<&str>) -> Result<(), E>,
+) {
+    let commands = documented_commands(program);
+    assert!(commands.len() >= min, "found only {commands:?}");
+    let failures: Vec<String> = commands
+        .iter()
+        .filter_map(|c| {
+            let argv = std::iter::once(program).chain(c.args.iter().map(String::as_str));
+            parse(argv.collect())
+                .err()
+                .map(|e| format!("{}: {program} {}: {e}", c.place, c.args.join(" ")))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use compare::{max_abs_diff, mean_abs_diff, rel_l2, rel_max_diff, Values};
-pub use docs::{documented_commands, DocCommand};
+pub use docs::{assert_documented_commands_parse, documented_commands, DocCommand};
 
 /// The workspace root.
 pub fn project_root() -> PathBuf {

@@ -91,21 +91,8 @@ mod tests {
     /// parses with the real parser.
     #[test]
     fn documented_commands_parse() {
-        let commands = test_support::documented_commands("convert-weights");
-        assert!(
-            !commands.is_empty(),
-            "no convert-weights command in the docs"
-        );
-        let failures: Vec<String> = commands
-            .iter()
-            .filter_map(|c| {
-                let argv =
-                    std::iter::once("convert-weights").chain(c.args.iter().map(String::as_str));
-                super::ConvertArgs::try_parse_from(argv)
-                    .err()
-                    .map(|e| format!("{}: convert-weights {}: {e}", c.place, c.args.join(" ")))
-            })
-            .collect();
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        test_support::assert_documented_commands_parse("convert-weights", 1, |argv| {
+            super::ConvertArgs::try_parse_from(argv).map(|_| ())
+        });
     }
 }
