@@ -9,9 +9,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::{leaky, leaky_grad, leaky_relu_reference};
+use super::activation::{leaky, leaky_grad_factor, leaky_relu_reference};
 use super::{
-    channel_mean, cpu_kernel, cpu_slice, has_cpu_kernel, per_channel, reference_fwd, reference_vjp,
+    channel_mean, cpu_kernel, cpu_slice, has_cpu_kernel, par_fill, per_channel, reference_fwd,
+    reference_vjp,
 };
 
 /// Paddle's default `epsilon`.
@@ -59,12 +60,14 @@ fn per_channel_sums<T: candle_core::WithDType>(
         .collect()
 }
 
-/// `(sum a(x[i], y[i]), sum b(x[i], y[i]))` in f64, each in 8 interleaved partial sums added in
-/// a fixed order: the compiler vectorises it (one sequential f64 sum is a chain of dependent
-/// adds, a large share of a BN layer's time) and it stays deterministic.
+/// `(sum a(x[i], y'[i]), sum b(x[i], y'[i]))` in f64 with `y'[i] = ymap(x[i], y[i])` (in `T`),
+/// each sum in 8 interleaved partial sums added in a fixed order: the compiler vectorises it
+/// (one sequential f64 sum is a chain of dependent adds, a large share of a BN layer's time)
+/// and it stays deterministic.
 fn sums2<T: candle_core::WithDType>(
     x: &[T],
     y: &[T],
+    ymap: impl Fn(T, T) -> T,
     a: impl Fn(f64, f64) -> f64,
     b: impl Fn(f64, f64) -> f64,
 ) -> (f64, f64) {
@@ -74,13 +77,13 @@ fn sums2<T: candle_core::WithDType>(
     let tail = xc.remainder().iter().zip(yc.remainder());
     for (xs, ys) in xc.zip(yc) {
         for j in 0..LANES {
-            let (u, v) = (xs[j].to_f64(), ys[j].to_f64());
+            let (u, v) = (xs[j].to_f64(), ymap(xs[j], ys[j]).to_f64());
             sa[j] += a(u, v);
             sb[j] += b(u, v);
         }
     }
-    for (j, (u, v)) in tail.enumerate() {
-        let (u, v) = (u.to_f64(), v.to_f64());
+    for (j, (&u, &v)) in tail.enumerate() {
+        let (u, v) = (u.to_f64(), ymap(u, v).to_f64());
         sa[j] += a(u, v);
         sb[j] += b(u, v);
     }
@@ -96,11 +99,13 @@ impl BatchStats {
     fn fwd<T: candle_core::WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
         let (x, n, c, hw) = nchw::<T>(s, l)?;
         let m = (n * hw) as f64;
-        let sums = per_channel_sums(x, (n, c, hw), |_, p, _| sums2(p, p, |u, _| u, |_, _| 0.0));
+        let sums = per_channel_sums(x, (n, c, hw), |_, p, _| {
+            sums2(p, p, |_, y| y, |u, _| u, |_, _| 0.0)
+        });
         let mean: Vec<f64> = sums.iter().map(|s| s.0 / m).collect();
         let sq = per_channel_sums(x, (n, c, hw), |ch, p, _| {
             let mu = mean[ch];
-            sums2(p, p, |u, _| (u - mu).powi(2), |_, _| 0.0)
+            sums2(p, p, |_, y| y, |u, _| (u - mu).powi(2), |_, _| 0.0)
         });
         Ok(mean
             .iter()
@@ -166,6 +171,51 @@ fn to_f64<T: candle_core::WithDType>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }
 
+/// Per-channel mean, scale and bias of the normalisation, in f64.
+struct PlaneCoefs<'a> {
+    stats: &'a [f64],
+    params: &'a [f64],
+    scale: Vec<f64>,
+    c: usize,
+}
+
+impl<'a> PlaneCoefs<'a> {
+    /// From the `[2, C]` stats (mean; variance) and params (weight; bias).
+    fn new(stats: &'a [f64], params: &'a [f64], c: usize) -> Self {
+        let scale = scales(stats, params, c);
+        Self {
+            stats,
+            params,
+            scale,
+            c,
+        }
+    }
+
+    /// Channel `ch`'s `x -> (x - mean) * scale + bias` in `T`: the forward's normalisation,
+    /// which the backward repeats bit for bit to know where the leaky ReLU was negative.
+    fn pre_activation<T: candle_core::WithDType>(&self, ch: usize) -> impl Fn(T) -> T {
+        let (mu, a, b) = (
+            T::from_f64(self.stats[ch]),
+            T::from_f64(self.scale[ch]),
+            T::from_f64(self.params[self.c + ch]),
+        );
+        move |v| (v - mu) * a + b
+    }
+
+    /// Channel `ch`'s `(x, dy) -> dL/d(pre-activation)`: `dy` through the leaky ReLU when
+    /// `leaky` (its mask recomputed from `x`, so the backward needs no pass of its own for it).
+    fn pre_grad<T: candle_core::WithDType>(&self, ch: usize, leaky: bool) -> impl Fn(T, T) -> T {
+        let pre = self.pre_activation::<T>(ch);
+        move |v, g| {
+            if leaky {
+                g * leaky_grad_factor(pre(v))
+            } else {
+                g
+            }
+        }
+    }
+}
+
 /// `y = (x - mean) * weight / sqrt(var + eps) + bias` from `(x, stats [2, C], params [2, C])`
 /// (params = weight; bias), then leaky ReLU when `leaky`. The stats are the batch's, computed
 /// from `x`; the backward treats them as functions of `x` (the full BN gradient) and returns
@@ -188,28 +238,20 @@ impl BnTrain {
         let (x, _, c, hw) = nchw::<T>(s1, l1)?;
         let stats = to_f64(cpu_slice::<T>(s2, l2)?);
         let params = to_f64(cpu_slice::<T>(s3, l3)?);
-        let scale = scales(&stats, &params, c);
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(hw.max(1))
-            .zip(x.par_chunks(hw.max(1)))
-            .enumerate()
-            .for_each(|(plane, (yp, xp))| {
-                let ch = plane % c;
-                let (mu, a, b) = (
-                    T::from_f64(stats[ch]),
-                    T::from_f64(scale[ch]),
-                    T::from_f64(params[c + ch]),
-                );
-                if self.leaky {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = leaky((v - mu) * a + b);
-                    }
-                } else {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = (v - mu) * a + b;
-                    }
+        let coefs = PlaneCoefs::new(&stats, &params, c);
+        let y = par_fill(x.len(), hw, |plane, yp| {
+            let pre = coefs.pre_activation::<T>(plane % c);
+            let xp = &x[plane * hw..];
+            if self.leaky {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    o.write(leaky(pre(v)));
                 }
-            });
+            } else {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    o.write(pre(v));
+                }
+            }
+        });
         Ok(y)
     }
 }
@@ -256,7 +298,7 @@ impl CustomOp3 for BnTrain {
         x: &Tensor,
         stats: &Tensor,
         params: &Tensor,
-        y: &Tensor,
+        _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         if !cpu_kernel(x) {
@@ -268,19 +310,24 @@ impl CustomOp3 for BnTrain {
             return Ok((g.first().cloned(), None, g.get(1).cloned()));
         }
         let dy = dy.contiguous()?;
-        let dy = if self.leaky { leaky_grad(y, &dy)? } else { dy };
+        let leaky = self.leaky;
         let packed = Tensor::cat(&[stats, params], 0)?;
-        // [sum dy, sum dy * xhat] per channel: the bias and weight gradients
-        let sums = x.apply_op3_no_bwd(&dy, &packed, &BnGradSums)?;
-        let dx = x.apply_op3_no_bwd(&dy, &Tensor::cat(&[&packed, &sums], 0)?, &BnGradInput)?;
+        // [sum dy, sum dy * xhat] per channel (dy through the leaky ReLU): the bias and weight
+        // gradients
+        let sums = x.apply_op3_no_bwd(&dy, &packed, &BnGradSums { leaky })?;
+        let packed = Tensor::cat(&[&packed, &sums], 0)?;
+        let dx = x.apply_op3_no_bwd(&dy, &packed, &BnGradInput { leaky })?;
         let dparams = Tensor::stack(&[sums.get(1)?, sums.get(0)?], 0)?;
         Ok((Some(dx), None, Some(dparams)))
     }
 }
 
-/// `[sum dy, sum dy * xhat]` per channel from `(x, dy, [stats; params])`.
+/// `[sum dy, sum dy * xhat]` per channel from `(x, dy, [stats; params])`, `dy` taken through
+/// the leaky ReLU first when `leaky`.
 #[derive(Debug, Clone, Copy)]
-struct BnGradSums;
+struct BnGradSums {
+    leaky: bool,
+}
 
 impl BnGradSums {
     fn fwd<T: candle_core::WithDType>(
@@ -295,10 +342,12 @@ impl BnGradSums {
         let (x, n, c, hw) = nchw::<T>(s1, l1)?;
         let (dy, ..) = nchw::<T>(s2, l2)?;
         let packed = to_f64(cpu_slice::<T>(s3, l3)?);
+        let coefs = PlaneCoefs::new(&packed[..2 * c], &packed[2 * c..], c);
         let sums = per_channel_sums(x, (n, c, hw), |ch, xp, start| {
             let (mu, inv_std) = (packed[ch], 1.0 / (packed[c + ch] + BN_EPS).sqrt());
             let dyp = &dy[start..start + xp.len()];
-            sums2(xp, dyp, |_, g| g, |v, g| g * (v - mu) * inv_std)
+            let pre_grad = coefs.pre_grad::<T>(ch, self.leaky);
+            sums2(xp, dyp, pre_grad, |_, g| g, |v, g| g * (v - mu) * inv_std)
         });
         Ok(sums
             .iter()
@@ -329,9 +378,12 @@ impl CustomOp3 for BnGradSums {
 }
 
 /// `dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))` from
-/// `(x, dy, [stats; params; sums])`, the means over `N*H*W`.
+/// `(x, dy, [stats; params; sums])`, the means over `N*H*W`, `dy` taken through the leaky ReLU
+/// first when `leaky`.
 #[derive(Debug, Clone, Copy)]
-struct BnGradInput;
+struct BnGradInput {
+    leaky: bool,
+}
 
 impl BnGradInput {
     fn fwd<T: candle_core::WithDType>(
@@ -347,24 +399,23 @@ impl BnGradInput {
         let (dy, ..) = nchw::<T>(s2, l2)?;
         let p = to_f64(cpu_slice::<T>(s3, l3)?);
         let (stats, params, sums) = (&p[..2 * c], &p[2 * c..4 * c], &p[4 * c..]);
-        let scale = scales(stats, params, c);
+        let coefs = PlaneCoefs::new(stats, params, c);
         let m = (n * hw) as f64;
-        let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(plane, out)| {
-                let ch = plane % c;
-                let inv_std = 1.0 / (stats[c + ch] + BN_EPS).sqrt();
-                // dx = scale * (dy - sum_dy / m) - scale * inv_std * sum_dyxhat / m * (x - mean)
-                let a = T::from_f64(scale[ch]);
-                let b = T::from_f64(scale[ch] * sums[ch] / m);
-                let k = T::from_f64(scale[ch] * inv_std * sums[c + ch] / m);
-                let mu = T::from_f64(stats[ch]);
-                let start = plane * hw;
-                for ((o, &v), &g) in out.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
-                    *o = g * a - b - (v - mu) * k;
-                }
-            });
+        let dx = par_fill(x.len(), hw, |plane, out| {
+            let ch = plane % c;
+            let inv_std = 1.0 / (stats[c + ch] + BN_EPS).sqrt();
+            let scale = coefs.scale[ch];
+            // dx = scale * (dy - sum_dy / m) - scale * inv_std * sum_dyxhat / m * (x - mean)
+            let a = T::from_f64(scale);
+            let b = T::from_f64(scale * sums[ch] / m);
+            let k = T::from_f64(scale * inv_std * sums[c + ch] / m);
+            let mu = T::from_f64(stats[ch]);
+            let pre_grad = coefs.pre_grad::<T>(ch, self.leaky);
+            let start = plane * hw;
+            for ((o, &v), &g) in out.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
+                o.write(pre_grad(v, g) * a - b - (v - mu) * k);
+            }
+        });
         Ok(dx)
     }
 }

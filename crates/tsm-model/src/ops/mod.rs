@@ -32,6 +32,8 @@ use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::op::BackpropOp;
 use candle_core::WithDType;
 use candle_core::{CpuStorage, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, Var};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Whether `x` runs on this crate's hand-written CPU kernels (CPU, f32 or f64).
 pub(crate) fn cpu_kernel(x: &Tensor) -> bool {
@@ -49,6 +51,24 @@ pub(crate) fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Resu
         Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
         None => candle_core::bail!("CPU kernel operands must be contiguous"),
     }
+}
+
+/// A vector of `len` values written in parallel, chunk `i` (`chunk` long, the last one
+/// shorter) by `fill(i, chunk)`, which writes every element of it: the element-wise kernels'
+/// outputs are not zeroed first, a pass over memory (and its page faults) per activation.
+pub(crate) fn par_fill<T: Send>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: `fill` wrote all of the first `len` elements (its contract above).
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// A backend's storage as the [`Storage`] a tensor holds, and back.
