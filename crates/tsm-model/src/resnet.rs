@@ -13,7 +13,7 @@ use crate::config::TsmConfig;
 #[cfg(target_arch = "x86_64")]
 use crate::cpu_plan::{BlockDesc, ConvDesc, CpuPlan};
 use crate::model::{Param, ParamRole};
-use crate::ops::{add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1, temporal_shift};
+use crate::ops::{add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1};
 use crate::ops::{conv2d, conv2d_bias};
 
 /// What a [`ConvBn`] computes: a `k x k` conv from `cin` to `cout` channels with `stride`
@@ -198,7 +198,14 @@ impl ConvBn {
 }
 
 impl ConvBn {
-    fn forward_rec(&self, x: &Tensor, train: bool, rec: &mut Recorder) -> Result<Tensor> {
+    /// The layer on `x`, temporally shifted first when `shift` is `(num_seg, ratio)`.
+    fn forward_rec(
+        &self,
+        x: &Tensor,
+        shift: Option<(usize, f64)>,
+        train: bool,
+        rec: &mut Recorder,
+    ) -> Result<Tensor> {
         let x = if self.pool_first {
             rec.run(|| "avg pool 2x2".into(), || avg_pool2x2_ceil(x))?
         } else {
@@ -206,14 +213,23 @@ impl ConvBn {
         };
         let (o, c, k, _) = self.weight.dims4()?;
         let (_, _, h, w) = x.dims4()?;
-        let label = |what: &str| format!("conv {k}x{k} s{} {c}->{o} {h}x{w}{what}", self.stride);
-        let conv = |x: &Tensor| conv2d(x, &self.weight, self.stride, self.padding);
+        let shifted = if shift.is_some() { " shifted" } else { "" };
+        let label = |what: &str| {
+            format!(
+                "conv {k}x{k} s{} {c}->{o} {h}x{w}{shifted}{what}",
+                self.stride
+            )
+        };
+        let conv = |x: &Tensor| conv2d(x, &self.weight, self.stride, self.padding, shift);
         let y = match (&self.bn, &self.fused_bias) {
             (None, Some(b)) => {
                 let what = if self.act { " +bias+act" } else { " +bias" };
                 return rec.run(
                     || label(what),
-                    || conv2d_bias(&x, &self.weight, b, self.stride, self.padding, self.act),
+                    || {
+                        let (s, p) = (self.stride, self.padding);
+                        conv2d_bias(&x, &self.weight, b, s, p, shift, self.act)
+                    },
                 );
             }
             (Some(bn), _) => {
@@ -237,7 +253,7 @@ impl ConvBn {
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_rec(x, train, &mut Recorder(None))
+        self.forward_rec(x, None, train, &mut Recorder(None))
     }
 }
 
@@ -274,11 +290,9 @@ pub(crate) struct Shift {
 }
 
 impl Shift {
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        match self.ratio {
-            Some(r) => temporal_shift(x, self.num_seg, r),
-            None => Ok(x.clone()),
-        }
+    /// `(num_seg, ratio)` when the shift is on.
+    fn spec(&self) -> Option<(usize, f64)> {
+        self.ratio.map(|r| (self.num_seg, r))
     }
 }
 
@@ -308,7 +322,8 @@ impl Block {
         train: bool,
         rec: &mut Recorder,
     ) -> Result<Tensor> {
-        let shifted = rec.run(|| "temporal shift".into(), || shift.apply(x))?;
+        // the shift is applied by the branch's first conv as it reads x
+        let shift = shift.spec();
         let (branch, short) = match self {
             Block::Bottleneck {
                 conv0,
@@ -316,22 +331,22 @@ impl Block {
                 conv2,
                 short,
             } => {
-                let y = conv0.forward_rec(&shifted, train, rec)?;
-                let y = conv1.forward_rec(&y, train, rec)?;
-                (conv2.forward_rec(&y, train, rec)?, short)
+                let y = conv0.forward_rec(x, shift, train, rec)?;
+                let y = conv1.forward_rec(&y, None, train, rec)?;
+                (conv2.forward_rec(&y, None, train, rec)?, short)
             }
             Block::Basic {
                 conv0,
                 conv1,
                 short,
             } => {
-                let y = conv0.forward_rec(&shifted, train, rec)?;
-                (conv1.forward_rec(&y, train, rec)?, short)
+                let y = conv0.forward_rec(x, shift, train, rec)?;
+                (conv1.forward_rec(&y, None, train, rec)?, short)
             }
         };
         // the shortcut takes the unshifted input
         let short = match short {
-            Some(s) => s.forward_rec(x, train, rec)?,
+            Some(s) => s.forward_rec(x, None, train, rec)?,
             None => x.clone(),
         };
         rec.run(
@@ -661,7 +676,7 @@ impl ResNetTweaksTsm {
         }
         let mut y = x.clone();
         for c in &self.stem {
-            y = c.forward_rec(&y, train, rec)?;
+            y = c.forward_rec(&y, None, train, rec)?;
         }
         let mut y = rec.run(|| "max pool 3x3".into(), || max_pool3x3_s2_p1(&y))?;
         for b in &self.blocks {

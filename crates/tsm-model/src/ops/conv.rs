@@ -18,11 +18,20 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::activation::leaky_relu_reference;
+use super::shift::{check_shift_args, ShiftSpec};
 use super::{cpu_kernel, cpu_slice, has_cpu_kernel, per_channel, reference_fwd, reference_vjp};
 
-/// `x [N, C, H, W]` convolved with `w [O, C, k, k]`, zero padding `padding`, stride `stride`.
-pub(crate) fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    let op = Conv::new(x, w, stride, padding, Epilogue::None)?;
+/// `x [N, C, H, W]`, temporally shifted first when `shift` is `(num_seg, ratio)`, convolved with
+/// `w [O, C, k, k]`, zero padding `padding`, stride `stride`. The shift is applied as the conv
+/// reads its input (no shifted copy, and no graph node whose gradient candle would accumulate).
+pub(crate) fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    shift: Option<(usize, f64)>,
+) -> Result<Tensor> {
+    let op = Conv::new(x, w, stride, padding, shift, Epilogue::None)?;
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
@@ -34,14 +43,15 @@ pub(crate) fn conv2d_bias(
     bias: &Tensor,
     stride: usize,
     padding: usize,
+    shift: Option<(usize, f64)>,
     leaky: bool,
 ) -> Result<Tensor> {
-    let op = Conv::new(x, w, stride, padding, Epilogue::Bias { leaky })?;
+    let op = Conv::new(x, w, stride, padding, shift, Epilogue::Bias { leaky })?;
     x.contiguous()?
         .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op)
 }
 
-/// [`conv2d`] as candle computes it.
+/// [`conv2d`] without a shift, as candle computes it.
 pub(crate) fn conv2d_reference(
     x: &Tensor,
     w: &Tensor,
@@ -81,10 +91,18 @@ struct Geom {
     pad: usize,
     ho: usize,
     wo: usize,
+    /// The temporal shift applied to the input as it is read.
+    shift: Option<ShiftSpec>,
 }
 
 impl Geom {
-    fn new(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Self> {
+    fn new(
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        pad: usize,
+        shift: Option<(usize, f64)>,
+    ) -> Result<Self> {
         let (n, c, h, wd) = x.dims4()?;
         let (o, c2, k, k2) = w.dims4()?;
         if c != c2 || k != k2 || k == 0 || stride == 0 {
@@ -103,6 +121,13 @@ impl Geom {
         }
         let ho = (h + 2 * pad - k) / stride + 1;
         let wo = (wd + 2 * pad - k) / stride + 1;
+        let shift = match shift {
+            Some((num_seg, ratio)) => {
+                check_shift_args(x, num_seg, ratio)?;
+                Some(ShiftSpec::new(num_seg, ratio, c))
+            }
+            None => None,
+        };
         Ok(Self {
             n,
             c,
@@ -114,7 +139,20 @@ impl Geom {
             pad,
             ho,
             wo,
+            shift,
         })
+    }
+
+    /// Input plane `[H, W]` of channel `c` of frame `n` as the conv reads it, from `x
+    /// [N, C, H, W]` through the shift; `None` for zeros.
+    fn input_plane<'a, T>(&self, x: &'a [T], n: usize, c: usize) -> Option<&'a [T]> {
+        let src = match self.shift {
+            Some(s) => s.source_frame(n, c, false)?,
+            None => n,
+        };
+        let hw = self.h * self.w;
+        let start = (src * self.c + c) * hw;
+        Some(&x[start..start + hw])
     }
 
     /// Rows of a frame's im2col matrix (= columns of the flattened kernel).
@@ -138,6 +176,11 @@ impl Geom {
     /// A stride-1 1x1 conv: the frame `[C, H*W]` is its own im2col.
     fn direct(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Whether a one-frame chunk's im2col is the input frame itself (no copy).
+    fn reads_frame_in_place(&self) -> bool {
+        self.direct() && self.shift.is_none()
     }
 
     /// The output columns `[lo, hi)` whose input column `ow*stride + kj - pad` is inside the
@@ -213,22 +256,26 @@ macro_rules! elem_with_scratch {
 elem_with_scratch!(f32);
 elem_with_scratch!(f64);
 
-/// One frame `[C, H, W]` -> its im2col `[C*k*k, Ho*Wo]`, row `(c*k + ki)*k + kj` starting at
-/// `dst[row * row_stride]` (a stride above `Ho*Wo` interleaves several frames' columns); only
-/// the columns of output rows `out_rows` (all of them: `0..Ho`).
+/// Frame `n` of `x [N, C, H, W]` (through the shift) -> its im2col `[C*k*k, Ho*Wo]`, row
+/// `(c*k + ki)*k + kj` starting at `dst[row * row_stride]` (a stride above `Ho*Wo` interleaves
+/// several frames' columns); only the columns of output rows `out_rows` (all of them: `0..Ho`).
 fn im2col<T: Elem>(
     g: &Geom,
-    src: &[T],
+    x: &[T],
+    n: usize,
     dst: &mut [T],
     row_stride: usize,
     out_rows: std::ops::Range<usize>,
 ) {
-    let (k, hw) = (g.k, g.h * g.w);
+    let k = g.k;
     let l = out_rows.len() * g.wo;
     for row in 0..g.kk() {
         let out = &mut dst[row * row_stride..row * row_stride + l];
         let (c, ki, kj) = (row / (k * k), (row / k) % k, row % k);
-        let plane = &src[c * hw..(c + 1) * hw];
+        let Some(plane) = g.input_plane(x, n, c) else {
+            out.fill(T::zero());
+            continue;
+        };
         let (lo, hi) = g.valid_cols(kj);
         for (oh, orow) in out_rows.clone().zip(out.chunks_exact_mut(g.wo)) {
             let Some(ih) = g.in_row(oh, ki) else {
@@ -326,7 +373,7 @@ impl Geom {
     /// Scratch elements for the largest chunk's im2col `[C*k*k, f*L]`.
     fn cols_len(&self) -> usize {
         let f = self.chunk_frames();
-        if self.direct() && f == 1 {
+        if self.reads_frame_in_place() && f == 1 {
             0
         } else {
             self.kk() * f * self.l()
@@ -340,7 +387,7 @@ impl Geom {
 
     /// Whether the forward builds its im2col in bands of output rows (one-frame chunks).
     fn banded(&self) -> bool {
-        !self.direct() && self.chunk_frames() == 1 && self.band_rows() < self.ho
+        !self.reads_frame_in_place() && self.chunk_frames() == 1 && self.band_rows() < self.ho
     }
 
     /// Scratch elements for the forward's im2col: one band, or [`Geom::cols_len`].
@@ -364,16 +411,22 @@ impl Geom {
     }
 
     /// The im2col `[C*k*k, f*L]` of chunk `ch` of `x` (frame `j`'s columns at `j*L`), in `buf`
-    /// or, for one frame of a stride-1 1x1 conv, `x` itself.
+    /// or, for one frame of an unshifted stride-1 1x1 conv, `x` itself.
     fn cols<'a, T: Elem>(&self, x: &'a [T], ch: Chunk, buf: &'a mut [T]) -> &'a [T] {
         let fin = self.frame_in();
-        if self.direct() && ch.f == 1 {
+        if self.reads_frame_in_place() && ch.f == 1 {
             return &x[ch.first * fin..(ch.first + 1) * fin];
         }
         let stride = ch.f * self.l();
         for j in 0..ch.f {
-            let frame = &x[(ch.first + j) * fin..(ch.first + j + 1) * fin];
-            im2col(self, frame, &mut buf[j * self.l()..], stride, 0..self.ho);
+            im2col(
+                self,
+                x,
+                ch.first + j,
+                &mut buf[j * self.l()..],
+                stride,
+                0..self.ho,
+            );
         }
         &buf[..self.kk() * stride]
     }
@@ -515,17 +568,28 @@ struct Conv {
 impl Conv {
     fn reference(&self, x: &[Tensor]) -> Result<Tensor> {
         let (stride, pad) = (self.g.stride, self.g.pad);
+        let input = match self.g.shift {
+            Some(s) => s.apply(&x[0])?,
+            None => x[0].clone(),
+        };
         match self.epilogue {
-            Epilogue::None => conv2d_reference(&x[0], &x[1], stride, pad),
+            Epilogue::None => conv2d_reference(&input, &x[1], stride, pad),
             Epilogue::Bias { leaky } => {
-                conv2d_bias_reference(&x[0], &x[1], &x[2], stride, pad, leaky)
+                conv2d_bias_reference(&input, &x[1], &x[2], stride, pad, leaky)
             }
         }
     }
 
-    fn new(x: &Tensor, w: &Tensor, stride: usize, pad: usize, epilogue: Epilogue) -> Result<Self> {
+    fn new(
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        pad: usize,
+        shift: Option<(usize, f64)>,
+        epilogue: Epilogue,
+    ) -> Result<Self> {
         Ok(Self {
-            g: Geom::new(x, w, stride, pad)?,
+            g: Geom::new(x, w, stride, pad, shift)?,
             epilogue,
         })
     }
@@ -583,12 +647,11 @@ impl Conv {
         for ch in g.chunks(grp) {
             let ys = &mut outs[(ch.first - grp * per) * fout..][..ch.f * fout];
             if g.banded() {
-                let frame = &x[ch.first * g.frame_in()..][..g.frame_in()];
                 let band = g.band_rows();
                 for r0 in (0..g.ho).step_by(band) {
                     let rows = r0..(r0 + band).min(g.ho);
                     let (c0, nt) = (r0 * g.wo, rows.len() * g.wo);
-                    im2col(&g, frame, cols, nt, rows);
+                    im2col(&g, x, ch.first, cols, nt, rows);
                     let src = Mat::new(&cols[..kk * nt], kk, nt);
                     matmul_strided(&mut ys[c0..], l, false, wm, src, par);
                     if let Some(b) = bias {
@@ -679,7 +742,12 @@ impl CustomOp2 for Conv {
             return Ok((g.first().cloned(), g.get(1).cloned()));
         }
         let grad = grad.contiguous()?;
+        // the gradient for the input as the conv read it, then back through the shift
         let gx = grad.apply_op2_no_bwd(w, &ConvGradInput(self.g))?;
+        let gx = match self.g.shift {
+            Some(s) => s.grad(&gx)?,
+            None => gx,
+        };
         let gw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.g))?;
         Ok((Some(gx), Some(gw)))
     }

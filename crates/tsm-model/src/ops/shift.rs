@@ -28,41 +28,75 @@ impl TemporalShift {
         shift_reference(x, self.num_seg, self.ratio, self.reverse)
     }
 
-    /// Source frame offset for channel `c`: -1, +1 or 0.
-    fn offset(&self, c: usize, c1: usize, c2: usize) -> isize {
-        let o = if c < c1 {
-            -1
-        } else if c < c2 {
-            1
-        } else {
-            0
-        };
-        if self.reverse {
-            -o
-        } else {
-            o
-        }
-    }
-
     fn run<T: WithDType>(&self, src: &[T], dims: &[usize]) -> Vec<T> {
         let (nt, c, hw) = (dims[0], dims[1], dims[2] * dims[3]);
-        let (c1, c2) = shift_folds(c, self.ratio);
-        let t_len = self.num_seg;
+        let spec = ShiftSpec::new(self.num_seg, self.ratio, c);
         let mut dst = vec![T::zero(); nt * c * hw];
         if hw == 0 {
             return dst;
         }
         dst.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
             let (frame, ch) = (plane / c, plane % c);
-            let t = (frame % t_len) as isize;
-            let src_t = t + self.offset(ch, c1, c2);
-            if (0..t_len as isize).contains(&src_t) {
-                let src_frame = (frame as isize - t + src_t) as usize;
+            if let Some(src_frame) = spec.source_frame(frame, ch, self.reverse) {
                 let start = (src_frame * c + ch) * hw;
                 out.copy_from_slice(&src[start..start + hw]);
             }
         });
         dst
+    }
+}
+
+/// Where the shift reads each channel from, for `C` channels: what the ops that apply the
+/// shift as they read their input (the convolution) need of it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShiftSpec {
+    num_seg: usize,
+    ratio: f64,
+    c1: usize,
+    c2: usize,
+}
+
+impl ShiftSpec {
+    pub(crate) fn new(num_seg: usize, ratio: f64, channels: usize) -> Self {
+        let (c1, c2) = shift_folds(channels, ratio);
+        Self {
+            num_seg,
+            ratio,
+            c1,
+            c2,
+        }
+    }
+
+    /// The frame whose channel `ch` becomes channel `ch` of `frame` (frames are `[N*T]`, clips
+    /// of `num_seg`), `None` where that leaves the clip (zeros); `reverse`: the opposite shift.
+    pub(crate) fn source_frame(&self, frame: usize, ch: usize, reverse: bool) -> Option<usize> {
+        let back = if ch < self.c1 {
+            Some(true)
+        } else if ch < self.c2 {
+            Some(false)
+        } else {
+            None
+        };
+        let t = frame % self.num_seg;
+        match back.map(|b| b != reverse) {
+            None => Some(frame),
+            Some(true) => (t > 0).then(|| frame - 1),
+            Some(false) => (t + 1 < self.num_seg).then_some(frame + 1),
+        }
+    }
+
+    /// The shift applied to `x` (the op, on any device).
+    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        temporal_shift(x, self.num_seg, self.ratio)
+    }
+
+    /// The gradient through the shift: the opposite shift of `grad`, outside the graph.
+    pub(crate) fn grad(&self, grad: &Tensor) -> Result<Tensor> {
+        grad.contiguous()?.apply_op1_no_bwd(&TemporalShift {
+            num_seg: self.num_seg,
+            ratio: self.ratio,
+            reverse: true,
+        })
     }
 }
 
@@ -100,7 +134,7 @@ impl CustomOp1 for TemporalShift {
     }
 }
 
-fn check_shift_args(x: &Tensor, num_seg: usize, ratio: f64) -> Result<()> {
+pub(super) fn check_shift_args(x: &Tensor, num_seg: usize, ratio: f64) -> Result<()> {
     let dims = x.dims();
     if dims.len() != 4 {
         candle_core::bail!("temporal_shift: expected [N*T, C, H, W], got {:?}", dims)

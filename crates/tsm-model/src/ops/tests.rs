@@ -373,10 +373,66 @@ fn conv_matches_candles() {
                 dev,
                 &[&[n, c, h, w], &[o, c, k, k]],
                 summed,
-                |x| conv2d(&x[0], &x[1], s, p),
+                |x| conv2d(&x[0], &x[1], s, p, None),
                 |x| conv2d_reference(&x[0], &x[1], s, p),
             )?;
         }
+        Ok(())
+    })
+}
+
+/// `(frames, num_seg, C, H, W, O, k, stride, pad)`: a 1x1 conv on a map large enough to be
+/// one frame per gemm (read in bands) and on small maps several frames share, a 3x3 banded
+/// one, a strided one, and ratio-sized folds of 1 and 0 channels.
+const SHIFTED_CONV_CASES: [(
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+); 5] = [
+    (6, 3, 8, 33, 32, 5, 1, 1, 0),
+    (8, 4, 16, 5, 6, 7, 1, 1, 0),
+    (4, 2, 16, 40, 40, 4, 3, 1, 1),
+    (6, 3, 8, 9, 7, 3, 3, 2, 1),
+    (3, 3, 3, 4, 4, 2, 1, 1, 0),
+];
+
+#[test]
+fn conv_reading_a_shifted_input_matches_shift_then_conv() {
+    on_each_device(|dev| {
+        for (n, t, c, h, w, o, k, s, p) in SHIFTED_CONV_CASES {
+            for ratio in [0.125, 0.25] {
+                check(
+                    &format!("shifted conv2d {n}x{c}x{h}x{w} k{k} s{s} ratio {ratio}"),
+                    dev,
+                    &[&[n, c, h, w], &[o, c, k, k]],
+                    summed,
+                    |x| conv2d(&x[0], &x[1], s, p, Some((t, ratio))),
+                    |x| conv2d_reference(&temporal_shift_reference(&x[0], t, ratio)?, &x[1], s, p),
+                )?;
+                for dtype in dtypes(dev) {
+                    let x = randn(&[n, c, h, w], dtype, dev)?;
+                    let wt = randn(&[o, c, k, k], dtype, dev)?;
+                    let b = randn(&[o], dtype, dev)?;
+                    let got = conv2d_bias(&x, &wt, &b, s, p, Some((t, ratio)), true)?;
+                    let shifted = temporal_shift_reference(&x, t, ratio)?;
+                    let want = conv2d_bias_reference(&shifted, &wt, &b, s, p, true)?;
+                    let e = rel_err(&got, &want);
+                    assert!(e <= summed(dtype), "{dtype:?} bias, shifted k{k}: {e}");
+                }
+            }
+        }
+        let x = randn(&[5, 4, 3, 3], DType::F32, dev)?;
+        let wt = randn(&[2, 4, 1, 1], DType::F32, dev)?;
+        let e = conv2d(&x, &wt, 1, 0, Some((2, 0.25)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a multiple of num_seg"), "{e}");
         Ok(())
     })
 }
@@ -390,7 +446,7 @@ fn conv_with_fused_bias_and_leaky_relu_matches_separate_ops() {
                 let wt = randn(&[o, c, k, k], dtype, dev)?;
                 let b = randn(&[o], dtype, dev)?;
                 for leaky in [false, true] {
-                    let got = conv2d_bias(&x, &wt, &b, s, p, leaky)?;
+                    let got = conv2d_bias(&x, &wt, &b, s, p, None, leaky)?;
                     let want = conv2d_bias_reference(&x, &wt, &b, s, p, leaky)?;
                     let e = rel_err(&got, &want);
                     assert!(e <= summed(dtype), "{dtype:?} k{k} s{s} leaky {leaky}: {e}");
@@ -405,7 +461,7 @@ fn conv_with_fused_bias_and_leaky_relu_matches_separate_ops() {
 fn mismatched_conv_shapes_are_errors() {
     let r = |s: &[usize]| randn(s, DType::F32, &Device::Cpu).unwrap();
     let x = r(&[1, 3, 5, 5]);
-    let err = |w: &Tensor, s, p| conv2d(&x, w, s, p).unwrap_err().to_string();
+    let err = |w: &Tensor, s, p| conv2d(&x, w, s, p, None).unwrap_err().to_string();
     assert!(err(&r(&[4, 2, 3, 3]), 1, 1).contains("do not fit"));
     assert!(err(&r(&[4, 3, 3, 2]), 1, 1).contains("do not fit"));
     assert!(err(&r(&[4, 3, 7, 7]), 1, 0).contains("smaller than the 7x7 kernel"));
