@@ -422,7 +422,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     );
 
     let stdout = std::io::stdout();
-    let mut segmenter = args.segments.then(|| Segmenter {
+    let mut segmenter = args.segments.then_some(Segmenter {
         min_score: args.min_score,
         current: None,
         written: 0,
