@@ -2,6 +2,7 @@
 //! followed by a [`Pipeline`]. This is the whole per-sample data path of training, evaluation
 //! and prediction.
 
+use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 use video_io::{read_clip, DecodeOptions, FrameSource, SampleLocation, SampleMode, Sampling};
 
@@ -62,16 +63,23 @@ impl ClipLoader {
     ) -> Result<LoadedClip> {
         let mut source = FrameSource::open(location, self.decode)?;
         let frames = read_clip(&mut source, &self.sampling, mode, rng)?;
-        let per_clip = self.sampling.frames_per_clip();
-        let mut clips = Vec::with_capacity(self.clips_per_sample(mode));
-        for chunk in frames.frames.chunks(per_clip) {
-            clips.extend(self.pipeline.apply_views(chunk, rng)?);
-        }
         Ok(LoadedClip {
-            clips,
+            clips: self.transform(&frames.frames, rng)?,
             indices: frames.indices,
             frames_len: frames.frames_len,
         })
+    }
+
+    /// The pipeline's views of frames already sampled (clip after clip, as the sampling
+    /// orders them): what [`ClipLoader::load`] does after decoding, for frames read elsewhere
+    /// (a stream's windows).
+    pub fn transform(&self, frames: &[RgbImage], rng: &mut ChaCha8Rng) -> Result<Vec<Clip>> {
+        let per_clip = self.sampling.frames_per_clip();
+        let mut clips = Vec::with_capacity(frames.len().div_ceil(per_clip) * self.pipeline.views());
+        for chunk in frames.chunks(per_clip) {
+            clips.extend(self.pipeline.apply_views(chunk, rng)?);
+        }
+        Ok(clips)
     }
 
     /// [`ClipLoader::load`] with a generator seeded from `seed`: the same seed gives the same

@@ -104,6 +104,15 @@ pub enum Views {
 /// Sampling and transforms, from flags or a config file.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ViewArgs {
+    #[command(flatten)]
+    pub temporal: TemporalViews,
+    #[command(flatten)]
+    pub spatial: SpatialViews,
+}
+
+/// Which clips a video is cut into.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TemporalViews {
     /// Temporal views: `uniform` (one clip) or `dense` (several clips, PaddleVideo's dense test).
     #[arg(long, value_enum, default_value_t = Views::Uniform)]
     pub views: Views,
@@ -113,6 +122,22 @@ pub struct ViewArgs {
     /// Frames one dense clip spans.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+}
+
+impl TemporalViews {
+    /// One clip of the model's segments: the default (`timeline` has its windows instead).
+    pub fn uniform() -> Self {
+        TemporalViews {
+            views: Views::Uniform,
+            clips: None,
+            window: 64,
+        }
+    }
+}
+
+/// How each clip's frames are scaled and cropped, and the config file that overrides it all.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SpatialViews {
     /// Spatial views per clip: 1 (Scale, CenterCrop), 3 (short side scaled to the crop size,
     /// three crops along the long side: PaddleVideo's dense test) or 10 (Scale, TenCrop).
     #[arg(long, default_value_t = 1, value_parser = parse_crops)]
@@ -155,7 +180,7 @@ struct DataSection {
 impl ViewArgs {
     /// The sampling and pipeline for clips of `num_seg` frames in `mode`.
     pub fn loader(&self, num_seg: usize, mode: SampleMode) -> Result<ClipLoader> {
-        let file = match &self.config {
+        let file = match &self.spatial.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
@@ -188,9 +213,10 @@ impl ViewArgs {
     }
 
     fn sampling(&self, num_seg: usize) -> Result<Sampling> {
-        Ok(match self.views {
+        let t = &self.temporal;
+        Ok(match t.views {
             Views::Uniform => {
-                if self.clips.is_some_and(|c| c != 1) {
+                if t.clips.is_some_and(|c| c != 1) {
                     bail!("--clips needs --views dense (uniform sampling takes one clip)")
                 }
                 Sampling::Segments {
@@ -200,8 +226,8 @@ impl ViewArgs {
             }
             Views::Dense => Sampling::Dense {
                 num_seg,
-                window: self.window,
-                num_clips: self.clips.unwrap_or(10),
+                window: t.window,
+                num_clips: t.clips.unwrap_or(10),
             },
         })
     }
@@ -213,22 +239,23 @@ impl ViewArgs {
                 ..Scale::new(short_size)
             })
         };
-        let transforms = match self.crops {
+        let sp = &self.spatial;
+        let transforms = match sp.crops {
             3 => vec![
-                keep_aspect(self.crop_size),
+                keep_aspect(sp.crop_size),
                 Transform::ThreeCrop(ThreeCrop {
-                    target_size: self.crop_size,
+                    target_size: sp.crop_size,
                 }),
             ],
             10 => vec![
-                keep_aspect(self.short_size),
+                keep_aspect(sp.short_size),
                 Transform::TenCrop(TenCrop {
-                    target_size: self.crop_size,
+                    target_size: sp.crop_size,
                 }),
             ],
             _ => vec![
-                keep_aspect(self.short_size),
-                Transform::CenterCrop(CenterCrop::new(self.crop_size)),
+                keep_aspect(sp.short_size),
+                Transform::CenterCrop(CenterCrop::new(sp.crop_size)),
             ],
         };
         PipelineConfig {
@@ -239,11 +266,12 @@ impl ViewArgs {
 
     /// The tutorial's training transforms at the configured sizes.
     fn train_pipeline(&self) -> PipelineConfig {
+        let sp = &self.spatial;
         PipelineConfig {
             transforms: vec![
-                Transform::MultiScaleCrop(MultiScaleCrop::new(self.short_size)),
+                Transform::MultiScaleCrop(MultiScaleCrop::new(sp.short_size)),
                 Transform::RandomCrop(RandomCrop {
-                    target_size: self.crop_size,
+                    target_size: sp.crop_size,
                 }),
                 Transform::RandomFlip(RandomFlip::default()),
             ],

@@ -14,6 +14,7 @@ mod labels;
 mod plot;
 mod predict;
 mod preprocess;
+mod timeline;
 mod train;
 
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ enum Command {
     /// Write the model as ONNX (BatchNorm folded, preprocessing in its metadata) for serving.
     #[command(after_help = export::AFTER_HELP)]
     Export(export::Args),
+    /// Classes over time in a long video, a pipe or a live stream: windows, segments, a PNG.
+    #[command(after_help = timeline::AFTER_HELP)]
+    Timeline(timeline::Args),
 }
 
 /// How a command that did not fail outright ended.
@@ -113,6 +117,7 @@ fn run() -> Result<Outcome> {
         Command::Train(args) => train::run(args, &cli.global),
         Command::Plot(args) => curves::run(args, &cli.global),
         Command::Export(args) => export::run(args, &cli.global),
+        Command::Timeline(args) => timeline::run(args, &cli.global),
     }
 }
 

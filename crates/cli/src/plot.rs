@@ -244,3 +244,121 @@ pub fn line_charts_png(path: &Path, title: &str, x_max: f64, panels: &[Panel]) -
     }
     save_png(path, width, height, buf)
 }
+
+/// One window's cell of a timeline band.
+#[derive(Debug, Clone, Copy)]
+pub struct TimelineCell {
+    /// Seconds the cell starts and ends.
+    pub start: f64,
+    /// See `start`.
+    pub end: f64,
+    /// Which band (row).
+    pub band: usize,
+    /// The band's class's score in this window, 0..1: the shade.
+    pub score: f32,
+    /// Whether the class is the window's top class (marked by a bar under the cell).
+    pub top: bool,
+}
+
+/// Tableau's ten colours, one per band (cycled).
+const BAND_COLOURS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// `m:ss`, or `h:mm:ss` from an hour on.
+pub fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// A timeline: one band per name, each cell shaded from white to the band's colour by its
+/// score, a bar under the cells where the band's class is the top class, time in m:ss from 0 to
+/// `seconds`.
+pub fn timeline_png(
+    path: &Path,
+    title: &str,
+    names: &[String],
+    cells: &[TimelineCell],
+    seconds: f64,
+) -> Result<()> {
+    register_font();
+    let bands = names.len().max(1);
+    let band_h = 28u32;
+    let font = 13.0;
+    let longest = names.iter().map(|s| s.chars().count()).max().unwrap_or(1);
+    let label_w = (longest as f64 * font * MONO_ADVANCE).ceil() as u32 + 16;
+    let width = 1200u32.max(label_w + 400);
+    let height = 50 + band_h * bands as u32 + 50;
+    let mut buf = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        let draw_err = |e| anyhow!("drawing {}: {e}", path.display());
+        root.fill(&WHITE).map_err(draw_err)?;
+        let x_max = if seconds > 0.0 { seconds } else { 1.0 };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 15.0))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(label_w)
+            .build_cartesian_2d(0.0..x_max, 0.0..bands as f64)
+            .map_err(draw_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(0)
+            .x_labels(12)
+            .x_label_formatter(&|x| clock(*x))
+            .x_desc("time (m:ss)")
+            .label_style((FONT, 12.0))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(draw_err)?;
+        let mix = |c: RGBColor, v: f32| {
+            let v = f64::from(v.clamp(0.0, 1.0));
+            let m = |a: u8| (255.0 + (f64::from(a) - 255.0) * v).round() as u8;
+            RGBColor(m(c.0), m(c.1), m(c.2))
+        };
+        // Band 0 at the top.
+        let row = |band: usize| (bands - 1 - band) as f64;
+        chart
+            .draw_series(cells.iter().map(|c| {
+                let colour = mix(BAND_COLOURS[c.band % BAND_COLOURS.len()], c.score);
+                let y = row(c.band);
+                Rectangle::new([(c.start, y + 0.22), (c.end, y + 0.95)], colour.filled())
+            }))
+            .map_err(draw_err)?;
+        chart
+            .draw_series(cells.iter().filter(|c| c.top).map(|c| {
+                let y = row(c.band);
+                Rectangle::new(
+                    [(c.start, y + 0.05), (c.end, y + 0.17)],
+                    BAND_COLOURS[c.band % BAND_COLOURS.len()].filled(),
+                )
+            }))
+            .map_err(draw_err)?;
+        for (band, name) in names.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(0.0, row(band) + 0.55));
+            root.draw(&Text::new(
+                name.as_str(),
+                (x - 8, y),
+                TextStyle::from((FONT, font).into_font()).pos(Pos::new(HPos::Right, VPos::Center)),
+            ))
+            .map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    save_png(path, width, height, buf)
+}

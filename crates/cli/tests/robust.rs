@@ -661,32 +661,6 @@ fn a_full_disk_is_reported_at_the_failing_write_and_earlier_checkpoints_survive(
     assert!(first == std::fs::read(run.join("epoch_00001.safetensors")).unwrap());
 }
 
-/// Runs `tsm-cli args`, returning its stdout and peak resident set size in KiB (from wait4).
-// The child is reaped by wait4, which clippy does not see.
-#[allow(clippy::zombie_processes)]
-fn peak_rss_kib(args: &[&str]) -> (String, i64) {
-    use std::os::unix::process::ExitStatusExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    let mut status = 0;
-    // SAFETY: `rusage` is plain old data that wait4 fills in; `child` is ours and not yet
-    // reaped (std's Child is not used to wait for it).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    let status = std::process::ExitStatus::from_raw(status);
-    assert_eq!(status.code(), Some(0), "{args:?}: {status}");
-    (stdout, usage.ru_maxrss)
-}
-
 #[test]
 fn predict_memory_stays_flat_over_1000_videos() {
     let c = corpus();
@@ -713,7 +687,7 @@ fn predict_memory_stays_flat_over_1000_videos() {
         ];
         args.extend(SIZES);
         args.push(s(&folder));
-        let (stdout, rss) = peak_rss_kib(&args);
+        let (stdout, rss) = common::peak_rss_kib(&args);
         let done = stdout.lines().filter(|l| l.contains("\"topk\"")).count();
         assert_eq!(done, n, "results for {done} of {n} videos");
         println!(

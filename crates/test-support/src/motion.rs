@@ -210,7 +210,26 @@ pub fn generate(spec: &MotionSpec, out: &Path) -> io::Result<MotionSet> {
 /// `dir/NNNNN.avi` by the segment muxer at every clip boundary.
 fn encode_clips(raw: &[u8], spec: &MotionSpec, count: usize, dir: &Path) -> io::Result<()> {
     let cuts: Vec<String> = (1..count).map(|i| (i * spec.frames).to_string()).collect();
-    let size = format!("{0}x{0}", spec.size);
+    let cuts = cuts.join(",");
+    let mut args = vec![
+        "-f",
+        "segment",
+        "-segment_format",
+        "avi",
+        "-reset_timestamps",
+        "1",
+    ];
+    if count > 1 {
+        args.extend(["-segment_frames", &cuts]);
+    }
+    encode(raw, spec.size, &args, &dir.join("%05d.avi"))
+}
+
+/// Encodes raw RGB frames of `size x size` at [`FPS`] as all-keyframe MPEG-4 into `out`, with
+/// `muxer_args` before the output name.
+fn encode(raw: &[u8], size: u32, muxer_args: &[&str], out: &Path) -> io::Result<()> {
+    let size = format!("{0}x{0}", size);
+    let fps = FPS.to_string();
     let mut args = vec![
         "-y",
         "-hide_banner",
@@ -223,7 +242,7 @@ fn encode_clips(raw: &[u8], spec: &MotionSpec, count: usize, dir: &Path) -> io::
         "-s",
         &size,
         "-r",
-        "8",
+        &fps,
         "-i",
         "-",
         "-c:v",
@@ -232,21 +251,11 @@ fn encode_clips(raw: &[u8], spec: &MotionSpec, count: usize, dir: &Path) -> io::
         "1",
         "-q:v",
         "2",
-        "-f",
-        "segment",
-        "-segment_format",
-        "avi",
-        "-reset_timestamps",
-        "1",
     ];
-    let cuts = cuts.join(",");
-    if count > 1 {
-        args.extend(["-segment_frames", &cuts]);
-    }
-    let pattern = dir.join("%05d.avi");
+    args.extend(muxer_args);
     let mut child = Command::new("ffmpeg")
         .args(&args)
-        .arg(&pattern)
+        .arg(out)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -262,15 +271,69 @@ fn encode_clips(raw: &[u8], spec: &MotionSpec, count: usize, dir: &Path) -> io::
         .take()
         .ok_or_else(|| io::Error::other("ffmpeg's stdin"))?
         .write_all(raw);
-    let out = child.wait_with_output()?;
-    if !out.status.success() || written.is_err() {
+    let result = child.wait_with_output()?;
+    if !result.status.success() || written.is_err() {
         return Err(io::Error::other(format!(
             "ffmpeg failed writing {}: {}",
-            pattern.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.display(),
+            String::from_utf8_lossy(&result.stderr).trim()
         )));
     }
     Ok(())
+}
+
+/// Frames per second of every generated video.
+pub const FPS: u32 = 8;
+
+/// A stretch of a long video: `clips` clips of class `label`, one after the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Class index, in [`MotionSpec::class_names`] order.
+    pub label: usize,
+    /// Clips of `spec.frames` frames each.
+    pub clips: usize,
+}
+
+/// Writes one long all-keyframe MPEG-4 AVI at `out`: the clips of `runs` back to back, drawn as
+/// [`generate`] draws them (seeded by `spec.seed`), so a model trained on a generated set
+/// knows every stretch. Returns where each run starts and ends, in frames.
+pub fn long_video(spec: &MotionSpec, runs: &[Run], out: &Path) -> io::Result<Vec<(usize, usize)>> {
+    let classes = spec.class_names().len();
+    if let Some(bad) = runs.iter().find(|r| r.label >= classes) {
+        return Err(io::Error::other(format!(
+            "class {} out of range ({classes} classes)",
+            bad.label
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed.wrapping_mul(1000).wrapping_add(3));
+    let mut raw = Vec::new();
+    let mut spans = Vec::with_capacity(runs.len());
+    let mut frame = 0;
+    for run in runs {
+        let start = frame;
+        for _ in 0..run.clips {
+            let clip = random_clip(
+                spec.motions[run.label / 2],
+                spec.size,
+                spec.frames,
+                &mut rng,
+            );
+            let mut order: Vec<usize> = (0..spec.frames).collect();
+            if run.label % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                raw.extend(draw_frame(&clip, i, spec.size));
+            }
+            frame += spec.frames;
+        }
+        spans.push((start, frame));
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    encode(&raw, spec.size, &[], out)?;
+    Ok(spans)
 }
 
 /// The shapes a clip can show, one per kind of motion (see [`random_clip`]). The arrow has no

@@ -1,8 +1,11 @@
 //! Scoring whole videos with a trained model: test-time views decoded in parallel, clips run
 //! through the model in batches, each video's logits averaged over its views.
 
-use augment::{ClipLoader, LoadedClip};
+use augment::{Clip, ClipLoader};
 use candle_core::{Device, Tensor};
+use image::RgbImage;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use tsm_model::Tsm;
 use video_io::{SampleLocation, SampleMode};
@@ -50,6 +53,11 @@ impl Classifier {
         &self.model
     }
 
+    /// The test-time views: sampling and pipeline.
+    pub fn loader(&self) -> &ClipLoader {
+        &self.loader
+    }
+
     /// Clips (temporal x spatial views) each video is scored on.
     pub fn clips_per_video(&self) -> usize {
         self.loader.clips_per_sample(SampleMode::Valid)
@@ -65,26 +73,57 @@ impl Classifier {
     /// averages the pooled features of all views, which the linear head turns into the same
     /// mean of logits).
     pub fn classify(&self, videos: &[SampleLocation]) -> Result<Vec<VideoResult>> {
-        let loaded: Vec<_> = videos
+        let clips = videos
             .par_iter()
-            .map(|v| self.loader.load_seeded(v, SampleMode::Valid, 0))
+            .map(|v| {
+                self.loader
+                    .load_seeded(v, SampleMode::Valid, 0)
+                    .map(|l| l.clips)
+                    .map_err(|e| e.to_string())
+            })
             .collect();
+        self.score(clips)
+    }
+
+    /// Scores frames already sampled, one item per video (or window of a stream): its
+    /// `clips * frames_per_clip` frames as the loader's sampling orders them. They go through
+    /// the loader's pipeline in parallel and are scored as [`Classifier::classify`] scores.
+    pub fn classify_frames(&self, samples: &[Vec<RgbImage>]) -> Result<Vec<VideoResult>> {
+        let clips = samples
+            .par_iter()
+            .map(|frames| {
+                // Validation pipelines draw nothing; seeded as `load_seeded(.., 0)` is.
+                let mut rng = ChaCha8Rng::seed_from_u64(0);
+                self.loader
+                    .transform(frames, &mut rng)
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        self.score(clips)
+    }
+
+    /// Runs each video's clips (or why it has none) through the model in batches and averages
+    /// its logits.
+    fn score(
+        &self,
+        per_video: Vec<std::result::Result<Vec<Clip>, String>>,
+    ) -> Result<Vec<VideoResult>> {
         let mut clips = Vec::new();
         let mut owner = Vec::new();
-        let mut results: Vec<VideoResult> = Vec::with_capacity(videos.len());
-        for (i, l) in loaded.into_iter().enumerate() {
+        let mut results: Vec<VideoResult> = Vec::with_capacity(per_video.len());
+        for (i, l) in per_video.into_iter().enumerate() {
             match l {
-                Ok(LoadedClip { clips: c, .. }) => {
+                Ok(c) => {
                     owner.extend(std::iter::repeat_n(i, c.len()));
                     clips.extend(c);
                     results.push(Ok(Vec::new()));
                 }
-                Err(e) => results.push(Err(e.to_string())),
+                Err(e) => results.push(Err(e)),
             }
         }
         let classes = self.model.config().num_classes;
-        let mut sums = vec![vec![0f64; classes]; videos.len()];
-        let mut counts = vec![0usize; videos.len()];
+        let mut sums = vec![vec![0f64; classes]; results.len()];
+        let mut counts = vec![0usize; results.len()];
         let mut start = 0;
         while start < clips.len() {
             // A batch holds clips of one size (custom pipelines may leave sizes unequal).

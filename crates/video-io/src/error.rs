@@ -58,6 +58,20 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// A stream sent nothing for the read timeout while being opened.
+    #[error("{path}: no data for {:.1} s (the read timeout) while opening", waited.as_secs_f64())]
+    Timeout {
+        /// The stream.
+        path: PathBuf,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+    /// Opening was stopped (Ctrl-C).
+    #[error("{path}: interrupted while opening")]
+    Interrupted {
+        /// The stream.
+        path: PathBuf,
+    },
     /// A frame image of a frame folder is missing or undecodable.
     #[error("{path}: {reason}")]
     Image {

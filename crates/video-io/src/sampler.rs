@@ -121,7 +121,7 @@ impl Sampling {
     }
 
     /// The sampling rule with training's draws abstracted: `draw(hi)` returns a value in `0..=hi`.
-    fn indices_with(
+    pub(crate) fn indices_with(
         &self,
         frames_len: usize,
         mode: SampleMode,

@@ -101,7 +101,7 @@ pub struct VideoReader {
     mode: Mode,
     /// Decode position of the next packet to be read, when known.
     read_pos: Option<usize>,
-    scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
+    scaler: Option<Scaler>,
     stats: DecodeStats,
 }
 
@@ -126,7 +126,7 @@ impl std::fmt::Debug for VideoReader {
     }
 }
 
-fn init_ffmpeg() {
+pub(crate) fn init_ffmpeg() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         // Registration cannot fail on FFmpeg >= 4; errors surface when opening files.
@@ -574,14 +574,14 @@ fn open_input(path: &Path) -> Result<ffmpeg::format::context::Input> {
 
 /// Reads the next packet into a fresh `Packet`: `av_read_frame` does not release what a packet
 /// already holds, so reusing one would leak every payload read.
-fn next_packet(
+pub(crate) fn next_packet(
     input: &mut ffmpeg::format::context::Input,
 ) -> std::result::Result<ffmpeg::Packet, ffmpeg::Error> {
     let mut packet = ffmpeg::Packet::empty();
     packet.read(input).map(|()| packet)
 }
 
-fn packet_discarded(packet: &ffmpeg::Packet) -> bool {
+pub(crate) fn packet_discarded(packet: &ffmpeg::Packet) -> bool {
     packet.flags().bits() & ffmpeg::ffi::AV_PKT_FLAG_DISCARD != 0
 }
 
@@ -596,6 +596,17 @@ fn open_stream(
     ffmpeg::decoder::Video,
 )> {
     let mut input = open_input(path)?;
+    let (index, decoder) = open_decoder(&mut input, path, options)?;
+    Ok((input, index, decoder))
+}
+
+/// Picks `input`'s best video stream and opens a decoder for it (`options.threads` threads);
+/// other streams are discarded at the demuxer. `path` names the input in errors.
+pub(crate) fn open_decoder(
+    input: &mut ffmpeg::format::context::Input,
+    path: &Path,
+    options: DecodeOptions,
+) -> Result<(usize, ffmpeg::decoder::Video)> {
     let Some(stream) = input.streams().best(MediaType::Video) else {
         let kinds: Vec<String> = input
             .streams()
@@ -636,12 +647,15 @@ fn open_stream(
             unsafe { (*s.as_mut_ptr()).discard = ffmpeg::ffi::AVDiscard::AVDISCARD_ALL };
         }
     }
-    Ok((input, index, decoder))
+    Ok((index, decoder))
 }
 
+/// An RGB converter and the (format, width, height) it converts from.
+pub(crate) type Scaler = (scaling::Context, (Pixel, u32, u32));
+
 /// Converts a decoded frame to packed RGB, reusing the scaler while the format is unchanged.
-fn to_rgb(
-    scaler: &mut Option<(scaling::Context, (Pixel, u32, u32))>,
+pub(crate) fn to_rgb(
+    scaler: &mut Option<Scaler>,
     frame: &ffmpeg::frame::Video,
 ) -> std::result::Result<RgbImage, String> {
     let key = (frame.format(), frame.width(), frame.height());

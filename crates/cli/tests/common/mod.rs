@@ -73,6 +73,16 @@ pub fn tsm(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// [`tsm`] on two threads, as the training runs (so results repeat exactly).
+pub fn tsm_with_threads(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -114,4 +124,30 @@ pub fn val_confusion(set: &MotionSet, weights: &Path, out: &Path) -> Vec<Vec<usi
         .skip(1)
         .map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect())
         .collect()
+}
+
+/// Runs `tsm-cli args`, returning its stdout and peak resident set size in KiB (from wait4).
+// The child is reaped by wait4, which clippy does not see.
+#[allow(clippy::zombie_processes)]
+pub fn peak_rss_kib(args: &[&str]) -> (String, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsm-cli"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut status = 0;
+    // SAFETY: `rusage` is plain old data that wait4 fills in; `child` is ours and not yet
+    // reaped (std's Child is not used to wait for it).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let status = std::process::ExitStatus::from_raw(status);
+    assert_eq!(status.code(), Some(0), "{args:?}: {status}");
+    (stdout, usage.ru_maxrss)
 }
