@@ -381,31 +381,21 @@ fn conv_matches_candles() {
     })
 }
 
-/// `(frames, num_seg, C, H, W, O, k, stride, pad)`: a 1x1 conv on a map large enough to be
+/// `[frames, num_seg, C, H, W, O, k, stride, pad]`: a 1x1 conv on a map large enough to be
 /// one frame per gemm (read in bands) and on small maps several frames share, a 3x3 banded
 /// one, a strided one, and ratio-sized folds of 1 and 0 channels.
-const SHIFTED_CONV_CASES: [(
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-); 5] = [
-    (6, 3, 8, 33, 32, 5, 1, 1, 0),
-    (8, 4, 16, 5, 6, 7, 1, 1, 0),
-    (4, 2, 16, 40, 40, 4, 3, 1, 1),
-    (6, 3, 8, 9, 7, 3, 3, 2, 1),
-    (3, 3, 3, 4, 4, 2, 1, 1, 0),
+const SHIFTED_CONV_CASES: [[usize; 9]; 5] = [
+    [6, 3, 8, 33, 32, 5, 1, 1, 0],
+    [8, 4, 16, 5, 6, 7, 1, 1, 0],
+    [4, 2, 16, 40, 40, 4, 3, 1, 1],
+    [6, 3, 8, 9, 7, 3, 3, 2, 1],
+    [3, 3, 3, 4, 4, 2, 1, 1, 0],
 ];
 
 #[test]
 fn conv_reading_a_shifted_input_matches_shift_then_conv() {
     on_each_device(|dev| {
-        for (n, t, c, h, w, o, k, s, p) in SHIFTED_CONV_CASES {
+        for [n, t, c, h, w, o, k, s, p] in SHIFTED_CONV_CASES {
             for ratio in [0.125, 0.25] {
                 check(
                     &format!("shifted conv2d {n}x{c}x{h}x{w} k{k} s{s} ratio {ratio}"),
