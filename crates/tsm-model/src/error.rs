@@ -64,6 +64,33 @@ pub enum TsmError {
         #[source]
         reason: crate::checkpoint::BadSafetensorsHeader,
     },
+    /// A tensor's entry in the safetensors header is malformed, or does not fit the entries
+    /// before it; the reason is the source.
+    #[error("{path}: tensor `{name}`")]
+    BadTensorEntry {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with its entry (boxed: a shape and a dtype would make every
+        /// `Result` of this crate carry them).
+        #[source]
+        reason: Box<crate::checkpoint::BadTensorEntry>,
+    },
+    /// The tensor data the header declares is not what follows it: the file is truncated,
+    /// padded, or its entries claim more bytes than it holds.
+    #[error(
+        "{path}: the header declares {declared} bytes of tensor data but {held} follow it \
+         (a truncated or damaged file)"
+    )]
+    DataLength {
+        /// The file.
+        path: PathBuf,
+        /// Bytes the tensor entries declare.
+        declared: u64,
+        /// Bytes after the header.
+        held: u64,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
