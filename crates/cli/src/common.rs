@@ -58,7 +58,7 @@ pub fn checkpoint_config(path: &Path) -> Result<(TsmConfig, Vec<(String, String)
              checkpoint (convert PaddleVideo .pdparams with `cargo xtask convert-weights`)",
             path.display()
         ),
-        // As before: "reading PATH: OS error", the cause once (TsmError::Io shows it too).
+        // As before: "reading PATH: OS error".
         Err(TsmError::Io { path, cause }) => {
             return Err(anyhow::Error::new(cause).context(format!("reading {}", path.display())))
         }

@@ -1,4 +1,7 @@
 //! The crate's error type: configs, checkpoint I/O, tensor operations.
+//!
+//! A variant with a cause keeps it out of its own message and gives it as the source, so that
+//! `{:#}` (anyhow) prints each cause once, after the variant's message.
 
 use std::path::PathBuf;
 
@@ -6,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TsmError {
     /// Reading or writing the file failed.
-    #[error("{path}: {cause}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -33,7 +36,7 @@ pub enum TsmError {
         path: PathBuf,
     },
     /// The tensors do not make the model the config describes (a missing name, a wrong shape).
-    #[error("{path}: {cause}")]
+    #[error("{path}")]
     Model {
         /// The file.
         path: PathBuf,
@@ -42,7 +45,7 @@ pub enum TsmError {
         cause: candle_core::Error,
     },
     /// The config describes no model this crate can build.
-    #[error("model config: {0}")]
+    #[error("model config")]
     Config(#[from] crate::config::ConfigError),
     /// A checkpoint's config describes no model this crate can build. The field and its
     /// allowed range are in the source, which `{:#}` (anyhow) prints after the file.

@@ -544,3 +544,53 @@ fn a_tensor_table_that_does_not_fit_the_file_is_refused_before_its_data_is_read(
     let e = tsm_model::read_checkpoint_config(&dir.path().join("tera.safetensors")).unwrap_err();
     assert!(matches!(e, TsmError::DataLength { .. }), "{e:?}");
 }
+
+/// `{:#}` (anyhow, as tsm-cli prints errors) shows each cause once: a variant with a source
+/// keeps it out of its own message.
+#[test]
+fn each_cause_is_printed_once() {
+    let _serial = serial();
+    let absent = Path::new("no/such/model.safetensors");
+    let e = Tsm::load(absent, &Device::Cpu).unwrap_err();
+    assert!(matches!(e, TsmError::Io { .. }), "{e:?}");
+    let printed = format!("{:#}", anyhow::Error::new(e));
+    assert_eq!(
+        printed,
+        "no/such/model.safetensors: No such file or directory (os error 2)"
+    );
+
+    let mut cfg = small_config();
+    cfg.depth = 7;
+    let varmap = VarMap::new();
+    let e = Tsm::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, TsmError::Config(ConfigError::Depth(7))),
+        "{e:?}"
+    );
+    let printed = format!("{:#}", anyhow::Error::new(e));
+    assert_eq!(
+        printed,
+        "model config: depth 7 is not one of 18, 34, 50, 101, 152"
+    );
+
+    // tensors that do not make the model: candle's message, once, after the file
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("head.safetensors");
+    std::fs::copy(seed_dir().join("head.safetensors"), &path).unwrap();
+    let e = Tsm::load(&path, &Device::Cpu).unwrap_err();
+    assert!(matches!(e, TsmError::Model { .. }), "{e:?}");
+    let printed = format!("{:#}", anyhow::Error::new(e));
+    assert_eq!(
+        printed.matches("cannot find tensor").count(),
+        1,
+        "{printed}"
+    );
+    assert!(
+        printed.starts_with(&format!("{}: ", path.display())),
+        "{printed}"
+    );
+}
