@@ -1,5 +1,7 @@
-//! `cargo xtask fuzz`: the long libFuzzer run over the `.pdparams` reader (the short one is
-//! crates/paddle-weights/tests/hostile.rs, in the normal suite).
+//! `cargo xtask fuzz`: the long libFuzzer runs over the readers of untrusted files, the
+//! `.pdparams` reader and the checkpoint loader (the short ones, seeded mutations of the same
+//! seeds, are crates/paddle-weights/tests/hostile.rs and
+//! crates/tsm-model/tests/hostile_checkpoint.rs, in the normal suite).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -8,14 +10,35 @@ use anyhow::Result;
 
 use crate::{cargo, project_root, run_cmd};
 
-/// Heap limits given to libFuzzer: the whole process (the target itself checks the
-/// per-input bound, `paddle_weights::max_heap_bytes`), and any single allocation.
+/// Heap limits given to libFuzzer: the whole process (each target itself checks its
+/// per-input bound, `paddle_weights::max_heap_bytes` or `tsm_model::max_load_heap_bytes`), and
+/// any single allocation.
 const RSS_LIMIT_MB: u32 = 512;
 const MALLOC_LIMIT_MB: u32 = 64;
-/// Inputs up to 64 KiB: 40 times the seeds, enough for every opcode with long payloads.
+/// Inputs up to 64 KiB: 40 times the `.pdparams` seeds, enough for every opcode with long
+/// payloads, and room for a whole ResNet-18 checkpoint header (about 14 KiB) and then some.
 const MAX_LEN: u32 = 65536;
 
-pub fn run(runs: u64, extra: &[String]) -> Result<()> {
+/// A fuzz target: a crate's `fuzz/` workspace and the libFuzzer binary in it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Target {
+    /// paddle-weights' `.pdparams` reader (`crates/paddle-weights/fuzz`).
+    Pdparams,
+    /// tsm-model's checkpoint loader, bytes to model (`crates/tsm-model/fuzz`).
+    Checkpoint,
+}
+
+impl Target {
+    /// The fuzz crate's directory, from the project root, and its target's name.
+    fn crate_and_bin(self) -> (&'static str, &'static str) {
+        match self {
+            Target::Pdparams => ("crates/paddle-weights/fuzz", "pdparams"),
+            Target::Checkpoint => ("crates/tsm-model/fuzz", "checkpoint"),
+        }
+    }
+}
+
+pub fn run(which: Target, runs: u64, extra: &[String]) -> Result<()> {
     let root = project_root();
     let has_fuzz = cargo()
         .args(["fuzz", "--version"])
@@ -24,12 +47,13 @@ pub fn run(runs: u64, extra: &[String]) -> Result<()> {
     if !has_fuzz {
         run_cmd(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    let fuzz_dir = root.join("crates/paddle-weights/fuzz");
+    let (fuzz_crate, bin) = which.crate_and_bin();
+    let fuzz_dir = root.join(fuzz_crate);
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), PathBuf::from)
         .join("fuzz");
-    let corpus = target.join("corpus/pdparams");
-    let artifacts = target.join("artifacts/pdparams");
+    let corpus = target.join("corpus").join(bin);
+    let artifacts = target.join("artifacts").join(bin);
     std::fs::create_dir_all(&corpus)?;
     std::fs::create_dir_all(&artifacts)?;
     let mut artifact_prefix = OsString::from("-artifact_prefix=");
@@ -44,7 +68,7 @@ pub fn run(runs: u64, extra: &[String]) -> Result<()> {
             .arg(&fuzz_dir)
             .arg("--target-dir")
             .arg(target.join("build"))
-            .arg("pdparams")
+            .arg(bin)
             .arg(&corpus)
             .arg(fuzz_dir.join("seeds"))
             .arg("--")

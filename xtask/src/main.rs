@@ -52,9 +52,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Fuzz the `.pdparams` reader with cargo-fuzz (libFuzzer), from real paddle.save files,
+    /// Fuzz a reader of untrusted files with cargo-fuzz (libFuzzer) from its real seed files,
     /// with the memory limits enforced (installs cargo-fuzz when missing).
     Fuzz {
+        /// What to fuzz: `pdparams` (paddle-weights' `.pdparams` reader) or `checkpoint`
+        /// (tsm-model's checkpoint loader).
+        #[arg(long, value_enum, default_value_t = fuzz::Target::Pdparams)]
+        target: fuzz::Target,
         /// Executions to run (libFuzzer `-runs`).
         #[arg(long, default_value_t = 1_000_000)]
         runs: u64,
@@ -147,9 +151,10 @@ fn run() -> Result<()> {
                 .args(args),
         ),
         Cmd::Fuzz {
+            target,
             runs,
             libfuzzer_args,
-        } => fuzz::run(runs, &libfuzzer_args),
+        } => fuzz::run(target, runs, &libfuzzer_args),
         Cmd::Bench {
             what: BenchWhat::Pipeline { quick },
         } => bench::pipeline(quick),

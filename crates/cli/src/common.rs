@@ -1,6 +1,7 @@
 //! What the commands share: the device, loading weights with errors that say what is wrong,
 //! the test-time views (sampling + transforms) and batched, multi-view classification.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -9,6 +10,7 @@ use augment::{
     Scale, TenCrop, ThreeCrop, Transform,
 };
 use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use train_loop::classify::Classifier;
 use tsm_model::{Tsm, TsmConfig, TsmError, CONFIG_METADATA_KEY};
@@ -58,7 +60,7 @@ pub fn checkpoint_config(path: &Path) -> Result<(TsmConfig, Vec<(String, String)
              checkpoint (convert PaddleVideo .pdparams with `cargo xtask convert-weights`)",
             path.display()
         ),
-        // As before: "reading PATH: OS error", the cause once (TsmError::Io shows it too).
+        // As before: "reading PATH: OS error".
         Err(TsmError::Io { path, cause }) => {
             return Err(anyhow::Error::new(cause).context(format!("reading {}", path.display())))
         }
@@ -346,6 +348,21 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A bar with clips/s and ETA on stderr when it is a terminal; nothing otherwise (logs stay
+/// clean). `eval` and `predict` show it.
+pub fn clips_bar(len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} clips  {per_sec}  ETA {eta}  [{elapsed_precise}]",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 #[cfg(test)]

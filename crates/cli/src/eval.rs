@@ -1,16 +1,14 @@
 //! `tsm-cli eval`: accuracy on an index list, per-video predictions, a confusion matrix.
 
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use video_io::{read_list, ListEntry, ListFormat, ListOptions};
 
-use crate::common::{classifier, top_k, ViewArgs};
+use crate::common::{classifier, clips_bar, top_k, ViewArgs};
 use crate::labels::Labels;
 use crate::{plot, Global, Outcome};
 
@@ -112,7 +110,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     }
 
     let per_video = classifier.clips_per_video();
-    let bar = progress_bar((entries.len() * per_video) as u64);
+    let bar = clips_bar((entries.len() * per_video) as u64);
     let started = Instant::now();
     let mut done = Vec::with_capacity(entries.len());
     let mut failed = Vec::new();
@@ -209,20 +207,6 @@ fn check_exist(list: &Path, entries: &[ListEntry]) -> Result<()> {
         )
     }
     Ok(())
-}
-
-/// A bar with clips/s and ETA on a terminal; nothing otherwise (logs stay clean).
-fn progress_bar(len: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} clips  {per_sec}  ETA {eta}  [{elapsed_precise}]",
-    ) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 /// Accuracy figures and the confusion matrix (rows: true class, columns: predicted).

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::json;
+use train_loop::classify::VideoResult;
 use video_io::SampleLocation;
 
-use crate::common::{classifier, collect_videos, top_k, ViewArgs};
+use crate::common::{classifier, clips_bar, collect_videos, top_k, ViewArgs};
 use crate::labels::Labels;
 use crate::{Global, Outcome};
 
@@ -57,7 +58,6 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     )?;
     let started = Instant::now();
     let mut failed = Vec::new();
-    let stdout = std::io::stdout();
     for dir in &empty_dirs {
         let reason = "no video files in this folder (a folder of frames needs `tsm-cli eval \
                       --format frames`)";
@@ -70,54 +70,16 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         eprintln!("tsm-cli: skipped {}: {reason}", dir.display());
         failed.push(dir);
     }
+    let per_video = classifier.clips_per_video();
+    let bar = clips_bar((videos.len() * per_video) as u64);
     for chunk in videos.chunks(classifier.videos_per_step()) {
         let locations: Vec<_> = chunk.iter().cloned().map(SampleLocation::Video).collect();
         let results = classifier.classify(&locations)?;
-        let mut out = stdout.lock();
-        for (path, result) in chunk.iter().zip(results) {
-            match result {
-                Ok(probs) => {
-                    let best = top_k(&probs, args.topk);
-                    if args.json {
-                        let topk: Vec<_> = best
-                            .iter()
-                            .map(
-                                |&c| json!({"class": c, "label": labels.get(c), "score": probs[c]}),
-                            )
-                            .collect();
-                        writeln!(
-                            out,
-                            "{}",
-                            json!({"path": path.display().to_string(), "topk": topk})
-                        )?;
-                    } else {
-                        writeln!(out, "{}", path.display())?;
-                        for (rank, &c) in best.iter().enumerate() {
-                            writeln!(
-                                out,
-                                "  {:>2}. {:.4}  {}",
-                                rank + 1,
-                                probs[c],
-                                labels.display(c)
-                            )?;
-                        }
-                    }
-                }
-                Err(reason) => {
-                    if args.json {
-                        writeln!(
-                            out,
-                            "{}",
-                            json!({"path": path.display().to_string(), "error": reason})
-                        )?;
-                    }
-                    eprintln!("tsm-cli: skipped {}: {reason}", path.display());
-                    failed.push(path);
-                }
-            }
-        }
-        out.flush()?;
+        // The bar is taken off the terminal while results and warnings are written.
+        bar.suspend(|| write_results(chunk, results, &args, &labels, &mut failed))?;
+        bar.inc((chunk.len() * per_video) as u64);
     }
+    bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let inputs = videos.len() + empty_dirs.len();
     eprintln!(
@@ -136,4 +98,58 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     } else {
         Outcome::SomeInputsFailed
     })
+}
+
+/// Writes a chunk's results to stdout (the failures to stderr too) and adds the failed paths
+/// to `failed`.
+fn write_results<'a>(
+    chunk: &'a [PathBuf],
+    results: Vec<VideoResult>,
+    args: &Args,
+    labels: &Labels,
+    failed: &mut Vec<&'a PathBuf>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (path, result) in chunk.iter().zip(results) {
+        match result {
+            Ok(probs) => {
+                let best = top_k(&probs, args.topk);
+                if args.json {
+                    let topk: Vec<_> = best
+                        .iter()
+                        .map(|&c| json!({"class": c, "label": labels.get(c), "score": probs[c]}))
+                        .collect();
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"path": path.display().to_string(), "topk": topk})
+                    )?;
+                } else {
+                    writeln!(out, "{}", path.display())?;
+                    for (rank, &c) in best.iter().enumerate() {
+                        writeln!(
+                            out,
+                            "  {:>2}. {:.4}  {}",
+                            rank + 1,
+                            probs[c],
+                            labels.display(c)
+                        )?;
+                    }
+                }
+            }
+            Err(reason) => {
+                if args.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"path": path.display().to_string(), "error": reason})
+                    )?;
+                }
+                eprintln!("tsm-cli: skipped {}: {reason}", path.display());
+                failed.push(path);
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
 }

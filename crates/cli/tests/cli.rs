@@ -5,8 +5,9 @@
 
 mod common;
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Command, ExitStatus, Output};
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
@@ -562,6 +563,14 @@ fn train_draws_its_curves_and_plot_redraws_them() {
     let out = common::train_on_motion(&set, &run, &overrides);
     let curves = run.join("curves.png");
     let stdout = text(&out.stdout);
+    // Not on a terminal: PaddleVideo's lines, no bar (the terminal's is tested below)
+    for line in [
+        "epoch:[  1/2] train step:0     loss: ",
+        "END epoch:2   val   loss_avg: ",
+    ] {
+        assert!(stdout.contains(line), "`{line}` missing from {stdout}");
+    }
+    assert!(!text(&out.stderr).contains("ETA"), "{}", text(&out.stderr));
     assert!(
         stdout.contains(&format!("training curves: {}", curves.display())),
         "{stdout}"
@@ -612,4 +621,125 @@ fn named(model: &Tsm) -> Vec<(String, candle_core::Tensor)> {
         .into_iter()
         .map(|p| (p.name, p.tensor))
         .collect()
+}
+
+/// Runs `cmd` with stdin, stdout and stderr on a pseudo-terminal of 160 columns, as a person
+/// runs it: all it wrote there (progress bars' redraws included) and its exit status.
+fn on_a_terminal(mut cmd: Command) -> (String, ExitStatus) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 40,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two new descriptors into the locals; name and termios are optional.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened, and are owned here alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .env("TERM", "xterm");
+    let mut child = cmd.spawn().unwrap();
+    // The parent's copies of the terminal's side go, so reading ends when the child's do.
+    drop(cmd);
+    let mut written = Vec::new();
+    // Ends in EIO once the child has exited; what it wrote is in `written` by then.
+    let _ = std::fs::File::from(master).read_to_end(&mut written);
+    (text(&written), child.wait().unwrap())
+}
+
+#[test]
+fn on_a_terminal_train_and_predict_show_live_bars() {
+    let dir = common::fresh_dir("cli-terminal");
+    let spec = MotionSpec {
+        size: 32,
+        frames: 4,
+        train_per_class: 4,
+        val_per_class: 2,
+        motions: vec![Motion::Horizontal],
+        seed: 2,
+    };
+    let set = motion::generate(&spec, &dir.join("data")).unwrap();
+    let run = dir.join("run");
+    let overrides: Vec<String> = [
+        "model.num_seg=4",
+        "data.sampling.segments.num_seg=4",
+        "data.batch_size=4",
+        "train.epochs=2",
+    ]
+    .iter()
+    .map(|o| o.to_string())
+    .collect();
+    let (screen, status) = on_a_terminal(common::train_command(&set, &run, &overrides));
+    assert!(status.success(), "{screen}");
+    // the bar's fields, for each epoch
+    for field in [
+        "epoch 1/2 ",
+        "epoch 2/2 ",
+        "2/2  loss ",
+        "  lr ",
+        "  top1 ",
+        "  ips ",
+        "ETA epoch ",
+        ", run ",
+    ] {
+        assert!(screen.contains(field), "`{field}` missing from {screen}");
+    }
+    // events above it, and what tsm-cli prints at the end
+    let checkpoint = run.join("epoch_00002.safetensors");
+    for event in [
+        "precise BN: statistics averaged over",
+        "epoch 2: validation: loss ",
+        "epoch 1: trained in ",
+        &format!("checkpoint: {}", checkpoint.display()),
+        "training curves: ",
+        "done: 2 epochs",
+    ] {
+        assert!(screen.contains(event), "`{event}` missing from {screen}");
+    }
+    // instead of the plain lines, which metrics.jsonl still has in full
+    for plain in ["train step:", "END epoch:"] {
+        assert!(
+            !screen.contains(plain),
+            "`{plain}` on the terminal: {screen}"
+        );
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.matches(r#""kind":"step""#).count(), 4, "{metrics}");
+
+    // predict over several videos: a bar, and the results as in a pipe
+    let videos: Vec<PathBuf> = std::fs::read_to_string(&set.val_list)
+        .unwrap()
+        .lines()
+        .map(|l| set.root.join(l.split_whitespace().next().unwrap()))
+        .collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tsm-cli"));
+    cmd.args(["predict", "--weights", s(&checkpoint), "--batch", "1"])
+        .args(&videos)
+        .env_remove("RUST_BACKTRACE");
+    let (screen, status) = on_a_terminal(cmd);
+    assert!(status.success(), "{screen}");
+    assert!(
+        screen.contains(&format!("/{} clips", videos.len())),
+        "{screen}"
+    );
+    for v in &videos {
+        assert!(screen.contains(&v.display().to_string()), "{screen}");
+    }
+    assert!(
+        screen.contains(&format!("predicted {0} of {0} videos", videos.len())),
+        "{screen}"
+    );
 }

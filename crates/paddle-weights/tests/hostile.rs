@@ -12,9 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use paddle_weights::{max_heap_bytes, parse_pdparams, ParseError};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use test_support::{peak_alloc_during, CountingAlloc};
+use test_support::{peak_alloc_during, run_mutations, seed_files, CountingAlloc};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -24,16 +22,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
-    let mut seeds: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pdparams"))
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect();
-    seeds.sort();
+    let seeds = seed_files(&dir, ".pdparams");
     assert!(seeds.len() >= 5, "seeds missing in {}", dir.display());
     seeds
 }
@@ -65,57 +54,6 @@ fn corrupted_bytes_fail_cleanly_within_the_memory_bound() {
     }
 }
 
-/// One libFuzzer-style mutation: bit flips, interesting values over 1/4/8-byte fields (length
-/// claims), truncation, insertion, deletion, duplication of a range, splicing another seed.
-fn mutate(rng: &mut ChaCha8Rng, data: &mut Vec<u8>, other: &[u8]) {
-    const INTERESTING: [u64; 8] = [
-        0,
-        1,
-        0x7f,
-        0xff,
-        0x7fff_ffff,
-        0xffff_ffff,
-        u64::MAX,
-        1 << 40,
-    ];
-    if data.is_empty() {
-        data.push(rng.random());
-        return;
-    }
-    let at = rng.random_range(0..data.len());
-    match rng.random_range(0..8) {
-        0 => data[at] ^= 1 << rng.random_range(0..8),
-        1 => data[at] = rng.random(),
-        2 => {
-            let width = [1usize, 2, 4, 8][rng.random_range(0..4)];
-            let v = INTERESTING[rng.random_range(0..INTERESTING.len())].to_le_bytes();
-            let end = (at + width).min(data.len());
-            data[at..end].copy_from_slice(&v[..end - at]);
-        }
-        3 => data.truncate(at),
-        4 => {
-            let n = rng.random_range(1..16);
-            let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
-            data.splice(at..at, bytes);
-        }
-        5 => {
-            let end = rng.random_range(at..=data.len().min(at + 64));
-            data.drain(at..end);
-        }
-        6 => {
-            let end = rng.random_range(at..=data.len().min(at + 256));
-            let chunk = data[at..end].to_vec();
-            let to = rng.random_range(0..=data.len());
-            data.splice(to..to, chunk);
-        }
-        _ => {
-            let from = rng.random_range(0..other.len());
-            let end = rng.random_range(from..=other.len());
-            data.splice(at.., other[from..end].iter().copied());
-        }
-    }
-}
-
 #[test]
 fn mutated_real_files_fail_cleanly_within_the_memory_bound() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -124,29 +62,11 @@ fn mutated_real_files_fail_cleanly_within_the_memory_bound() {
         let n = parse_bounded(bytes, name).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert!(n >= 2, "{name}: {n} arrays");
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(8);
     let started = Instant::now();
-    let (mut cases, mut parsed) = (0, 0);
-    for (i, (name, bytes)) in seeds.iter().enumerate() {
-        let other = &seeds[(i + 1) % seeds.len()].1;
-        for case in 0..4000 {
-            let mut data = bytes.clone();
-            for _ in 0..rng.random_range(1..=4) {
-                mutate(&mut rng, &mut data, other);
-            }
-            let what = format!("{name} case {case}");
-            let result = std::panic::catch_unwind(|| parse_bounded(&data, &what));
-            match result {
-                Ok(r) => parsed += usize::from(r.is_ok()),
-                Err(_) => {
-                    let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hostile-crash");
-                    std::fs::write(&keep, &data).unwrap();
-                    panic!("{what} panicked; input kept in {}", keep.display());
-                }
-            }
-            cases += 1;
-        }
-    }
+    let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hostile-crash");
+    let (cases, parsed) = run_mutations(&seeds, 4000, 8, &keep, |data, what| {
+        parse_bounded(data, what).is_ok()
+    });
     println!(
         "{cases} mutated inputs ({parsed} still parsed) in {:.2}s",
         started.elapsed().as_secs_f64()

@@ -9,12 +9,14 @@
 mod compare;
 mod docs;
 pub mod motion;
+mod mutation;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use compare::{max_abs_diff, mean_abs_diff, rel_l2, rel_max_diff, Values};
 pub use docs::{assert_documented_commands_parse, documented_commands, DocCommand};
+pub use mutation::{run_mutations, seed_files};
 
 /// The workspace root.
 pub fn project_root() -> PathBuf {

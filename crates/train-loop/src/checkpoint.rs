@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use tsm_model::{read_metadata, write_safetensors, TsmConfig, CONFIG_METADATA_KEY};
+use tsm_model::{
+    read_checked_metadata, read_tensors, write_safetensors, TsmConfig, CONFIG_METADATA_KEY,
+};
 
 use crate::error::{io, Error, Result};
 
@@ -157,10 +159,10 @@ pub fn load(dir: &Path, stem: &str, device: &Device) -> Result<LoadedState> {
         path: p.to_path_buf(),
         msg,
     };
-    let model_bytes = std::fs::read(&model_path).map_err(io(&model_path))?;
-    let model_meta = read_metadata(&model_path, &model_bytes)?;
-    let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
-    let meta = read_metadata(&state_path, &bytes)?;
+    // Headers first, each checked against its file's size: a bogus file (a huge one included)
+    // is refused before its data is read, and the model file's data is not needed here.
+    let model_meta = read_checked_metadata(&model_path)?;
+    let meta = read_checked_metadata(&state_path)?;
     let state: TrainState = meta
         .get(STATE_METADATA_KEY)
         .ok_or_else(|| bad(&state_path, format!("no `{STATE_METADATA_KEY}` metadata")))
@@ -178,8 +180,7 @@ pub fn load(dir: &Path, stem: &str, device: &Device) -> Result<LoadedState> {
             ),
         ));
     }
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| bad(&state_path, e.to_string()))?;
+    let (_, tensors) = read_tensors(&state_path, device)?;
     let velocities = tensors
         .into_iter()
         .filter_map(|(k, v)| k.strip_prefix("velocity.").map(|n| (n.to_string(), v)))
@@ -223,4 +224,50 @@ pub fn remove(dir: &Path, stem: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint pair of a two-tensor "model" at step 3 in `dir`.
+    fn saved(dir: &Path) -> (PathBuf, PathBuf) {
+        let t = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let state = TrainState {
+            epoch: 1,
+            global_step: 3,
+            lr_position: 1.0,
+            seed: 0,
+            best_top1: 0.0,
+            best_epoch: 0,
+        };
+        let model = [("w".to_string(), t.clone())];
+        let velocities = [("w".to_string(), t)];
+        let cfg = TsmConfig::pptsm_r18(2);
+        save(dir, "ck", &cfg, &model, &velocities, &state, "{}").unwrap();
+        checkpoint_paths(dir, "ck")
+    }
+
+    /// A file whose header declares less than the file holds is refused from its header: at a
+    /// terabyte (sparse, so it costs no disk), reading it first would fail to allocate.
+    #[test]
+    fn a_huge_bogus_checkpoint_file_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, state) = saved(dir.path());
+        let loaded = load(dir.path(), "ck", &Device::Cpu).unwrap();
+        assert_eq!(loaded.state.global_step, 3);
+        assert_eq!(loaded.velocities.len(), 1);
+        for path in [&state, &model] {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.set_len(1 << 40).unwrap();
+            let e = load(dir.path(), "ck", &Device::Cpu).unwrap_err();
+            let text = e.to_string();
+            assert!(
+                matches!(&e, Error::Model(tsm_model::TsmError::DataLength { path: p, .. }) if p == path),
+                "{text}"
+            );
+            assert!(text.contains("bytes of tensor data but 1099511"), "{text}");
+            saved(dir.path());
+        }
+    }
 }

@@ -47,6 +47,7 @@ pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod render;
 mod trainer;
 
 pub use config::{

@@ -1,5 +1,5 @@
-//! Running averages and the run's outputs: plain log lines (PaddleVideo's fields) and
-//! `metrics.jsonl`, one JSON object per step, epoch and validation.
+//! Running averages and the run's outputs: `metrics.jsonl`, one JSON object per step, epoch
+//! and validation, and what a person sees, drawn by a [`MetricsRenderer`].
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{io, Result};
+use crate::render::{self, MetricsRenderer};
 
 /// A weighted running mean.
 #[derive(Debug, Clone, Copy, Default)]
@@ -133,17 +134,29 @@ impl EpochMeters {
     }
 }
 
-/// Writes log lines to stdout and records to `metrics.jsonl`; in a data-parallel job only
-/// rank 0 does, the other ranks print their own warnings only.
-#[derive(Debug)]
+/// Records every step, epoch and validation to `metrics.jsonl` and hands them to the run's
+/// renderer; in a data-parallel job only rank 0 does, the other ranks print their own
+/// warnings only.
 pub struct Reporter {
     jsonl: Option<(PathBuf, File)>,
+    /// `None` on ranks other than 0.
+    renderer: Option<Box<dyn MetricsRenderer>>,
     warn_prefix: String,
 }
 
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("jsonl", &self.jsonl.as_ref().map(|(p, _)| p))
+            .field("warn_prefix", &self.warn_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Reporter {
-    /// Opens `dir/metrics.jsonl` for appending; when resuming at `resume_step`, records of later
-    /// steps (from the interrupted epoch, to be redone) are dropped first.
+    /// Opens `dir/metrics.jsonl` for appending, rendering with [`render::for_stderr`]; when
+    /// resuming at `resume_step`, records of later steps (from the interrupted epoch, to be
+    /// redone) are dropped first.
     pub fn open(dir: &Path, resume_step: Option<u64>) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
         if let Some(step) = resume_step {
@@ -170,6 +183,7 @@ impl Reporter {
             .map_err(io(&path))?;
         Ok(Self {
             jsonl: Some((path, jsonl)),
+            renderer: Some(render::for_stderr()),
             warn_prefix: String::new(),
         })
     }
@@ -178,6 +192,7 @@ impl Reporter {
     pub fn silent(rank: usize) -> Self {
         Self {
             jsonl: None,
+            renderer: None,
             warn_prefix: format!("rank {rank}: "),
         }
     }
@@ -191,50 +206,49 @@ impl Reporter {
         file.write_all(line.as_bytes()).map_err(io(path))
     }
 
-    /// A step: recorded always, printed when `print`.
-    pub fn step(&mut self, r: &StepRecord, epochs: usize, print: bool) -> Result<()> {
-        if print && self.jsonl.is_some() {
-            println!(
-                "epoch:[{:>3}/{epochs}] train step:{:<5} loss: {:.5} lr: {:.6} top1: {:.5} \
-                 top5: {:.5} batch_cost: {:.5} sec, reader_cost: {:.5} sec, ips: {:.5} instance/sec.",
-                r.epoch, r.iter, r.loss, r.lr, r.top1, r.top5, r.batch_time, r.reader_time, r.ips
-            );
+    /// Epoch `epoch` (1-based) of `epochs` starts, with `iters` iterations.
+    pub fn epoch_start(&mut self, epoch: usize, epochs: usize, iters: usize) {
+        if let Some(r) = &mut self.renderer {
+            r.epoch_start(epoch, epochs, iters);
+        }
+    }
+
+    /// A step: recorded always, rendered (as a plain line when `log`).
+    pub fn step(&mut self, r: &StepRecord, epochs: usize, log: bool) -> Result<()> {
+        if let Some(renderer) = &mut self.renderer {
+            renderer.step(r, epochs, log);
         }
         self.record(r)
     }
 
-    /// An epoch or validation summary, printed and recorded.
+    /// An epoch or validation summary, rendered and recorded.
     pub fn epoch(&mut self, r: &EpochRecord) -> Result<()> {
-        if self.jsonl.is_none() {
+        let Some(renderer) = &mut self.renderer else {
             return Ok(());
-        }
-        println!(
-            "END epoch:{:<3} {:<5} loss_avg: {:.5} top1_avg: {:.5} top5_avg: {:.5} \
-             avg_batch_cost: {:.5} sec, avg_reader_cost: {:.5} sec, avg_ips: {:.5} instance/sec, \
-             samples: {}, failed: {}",
-            r.epoch,
-            r.kind,
-            r.loss,
-            r.top1,
-            r.top5,
-            r.batch_time,
-            r.reader_time,
-            r.ips,
-            r.samples,
-            r.failed
-        );
+        };
+        renderer.summary(r);
         self.record(r)
     }
 
-    /// A message line (stdout).
-    pub fn info(&self, msg: &str) {
-        if self.jsonl.is_some() {
-            println!("{msg}");
+    /// A checkpoint was written to `path`.
+    pub fn checkpoint(&mut self, path: &Path) {
+        if let Some(r) = &mut self.renderer {
+            r.checkpoint(path);
         }
     }
 
-    /// A warning line (stderr), e.g. a sample that failed to load.
-    pub fn warn(&self, msg: &str) {
-        eprintln!("warning: {}{msg}", self.warn_prefix);
+    /// A message (set-up notes, precise BN, the best epoch).
+    pub fn info(&mut self, msg: &str) {
+        if let Some(r) = &mut self.renderer {
+            r.event(msg);
+        }
+    }
+
+    /// A warning, e.g. a sample that failed to load.
+    pub fn warn(&mut self, msg: &str) {
+        match &mut self.renderer {
+            Some(r) => r.warn(msg),
+            None => eprintln!("warning: {}{msg}", self.warn_prefix),
+        }
     }
 }

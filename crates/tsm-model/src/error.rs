@@ -1,4 +1,7 @@
 //! The crate's error type: configs, checkpoint I/O, tensor operations.
+//!
+//! A variant with a cause keeps it out of its own message and gives it as the source, so that
+//! `{:#}` (anyhow) prints each cause once, after the variant's message.
 
 use std::path::PathBuf;
 
@@ -6,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TsmError {
     /// Reading or writing the file failed.
-    #[error("{path}: {cause}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -33,7 +36,7 @@ pub enum TsmError {
         path: PathBuf,
     },
     /// The tensors do not make the model the config describes (a missing name, a wrong shape).
-    #[error("{path}: {cause}")]
+    #[error("{path}")]
     Model {
         /// The file.
         path: PathBuf,
@@ -42,7 +45,7 @@ pub enum TsmError {
         cause: candle_core::Error,
     },
     /// The config describes no model this crate can build.
-    #[error("model config: {0}")]
+    #[error("model config")]
     Config(#[from] crate::config::ConfigError),
     /// A checkpoint's config describes no model this crate can build. The field and its
     /// allowed range are in the source, which `{:#}` (anyhow) prints after the file.
@@ -63,6 +66,33 @@ pub enum TsmError {
         /// What its first bytes say.
         #[source]
         reason: crate::checkpoint::BadSafetensorsHeader,
+    },
+    /// A tensor's entry in the safetensors header is malformed, or does not fit the entries
+    /// before it; the reason is the source.
+    #[error("{path}: tensor `{name}`")]
+    BadTensorEntry {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with its entry (boxed: a shape and a dtype would make every
+        /// `Result` of this crate carry them).
+        #[source]
+        reason: Box<crate::checkpoint::BadTensorEntry>,
+    },
+    /// The tensor data the header declares is not what follows it: the file is truncated,
+    /// padded, or its entries claim more bytes than it holds.
+    #[error(
+        "{path}: the header declares {declared} bytes of tensor data but {held} follow it \
+         (a truncated or damaged file)"
+    )]
+    DataLength {
+        /// The file.
+        path: PathBuf,
+        /// Bytes the tensor entries declare.
+        declared: u64,
+        /// Bytes after the header.
+        held: u64,
     },
     /// A tensor operation failed.
     #[error(transparent)]

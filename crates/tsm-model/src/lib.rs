@@ -54,8 +54,9 @@ mod ops;
 mod resnet;
 
 pub use checkpoint::{
-    read_checkpoint, read_checkpoint_config, read_header, read_metadata, write_safetensors,
-    BadSafetensorsHeader, MAX_HEADER_LEN,
+    max_load_heap_bytes, read_checked_metadata, read_checkpoint, read_checkpoint_config,
+    read_header, read_metadata, read_tensors, write_safetensors, BadSafetensorsHeader,
+    BadTensorEntry, MAX_HEADER_LEN,
 };
 pub use config::{ConfigError, TsmConfig, CONFIG_METADATA_KEY};
 pub use error::TsmError;

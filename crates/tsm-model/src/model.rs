@@ -1,5 +1,6 @@
 //! The recognizer: ResNetTweaksTSM backbone + ppTSM head, on clips `[N, T, 3, H, W]`.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -8,7 +9,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::batch_norm::BN_MOMENTUM;
-use crate::checkpoint::{read_checkpoint, write_safetensors};
+use crate::checkpoint::{parse_checkpoint, read_checkpoint, write_safetensors};
 use crate::config::{TsmConfig, CONFIG_METADATA_KEY};
 use crate::error::TsmError;
 use crate::resnet::{Profile, Recorder, ResNetTweaksTsm};
@@ -233,8 +234,33 @@ impl Tsm {
     ) -> std::result::Result<Self, TsmError> {
         let path = path.as_ref();
         let (cfg, tensors) = read_checkpoint(path, device)?;
+        Self::from_checkpoint(path, &cfg, tensors, dtype, device)
+    }
+
+    /// [`Tsm::load_with_dtype`] of a checkpoint already in memory; `path` names it in errors.
+    /// Whatever the bytes, it returns a model or an error, holding at most
+    /// [`crate::max_load_heap_bytes`] of heap (in f32).
+    pub fn from_checkpoint_bytes(
+        path: &Path,
+        bytes: &[u8],
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, TsmError> {
+        let (cfg, tensors) = parse_checkpoint(path, bytes, device)?;
+        Self::from_checkpoint(path, &cfg, tensors, dtype, device)
+    }
+
+    /// The model of a checkpoint's config and tensors; tensors that do not fit it are an error
+    /// naming the file.
+    fn from_checkpoint(
+        path: &Path,
+        cfg: &TsmConfig,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, TsmError> {
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
-        Tsm::new(&cfg, vb).map_err(|e| match e {
+        Tsm::new(cfg, vb).map_err(|e| match e {
             TsmError::Candle(cause) => TsmError::Model {
                 path: path.to_path_buf(),
                 cause,

@@ -25,6 +25,18 @@ pub fn fresh_dir(name: &str) -> PathBuf {
 /// `tsm-cli train` with the demo recipe on `set` into `run`, with more `-o` overrides (its
 /// number of classes and data paths are set here). Two threads, so runs repeat exactly.
 pub fn train_on_motion(set: &MotionSet, run: &Path, overrides: &[String]) -> Output {
+    let out = train_command(set, run, overrides).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tsm-cli train failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+/// The command [`train_on_motion`] runs, for a test that runs it its own way.
+pub fn train_command(set: &MotionSet, run: &Path, overrides: &[String]) -> Command {
     let mut o = vec![
         format!("model.num_classes={}", set.classes),
         format!("data.train_list={}", set.train_list.display()),
@@ -37,20 +49,11 @@ pub fn train_on_motion(set: &MotionSet, run: &Path, overrides: &[String]) -> Out
     for v in &o {
         cmd.args(["-o", v]);
     }
-    let out = cmd
-        .arg("--output")
+    cmd.arg("--output")
         .arg(run)
         .env("RAYON_NUM_THREADS", "2")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tsm-cli train failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
+        .env_remove("RUST_BACKTRACE");
+    cmd
 }
 
 /// The `val` records' top-1 of a run's `metrics.jsonl`, in order.

@@ -142,7 +142,7 @@ impl Trainer {
     }
 
     /// Writes checkpoint `stem` (rank 0 only: the ranks hold the same weights).
-    fn save(&self, stem: &str) -> Result<()> {
+    fn save(&mut self, stem: &str) -> Result<()> {
         if self.comm.rank() != 0 {
             return Ok(());
         }
@@ -159,7 +159,10 @@ impl Trainer {
             &self.optimizer.velocities(),
             &self.state,
             &self.cfg_json,
-        )
+        )?;
+        self.reporter
+            .checkpoint(&checkpoint::checkpoint_paths(&self.out, stem).0);
+        Ok(())
     }
 }
 

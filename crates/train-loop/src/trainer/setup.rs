@@ -159,7 +159,7 @@ impl Trainer {
         };
         let cfg_json = serde_json::to_string(&cfg)
             .map_err(|e| ConfigError::Value(format!("the config as JSON: {e}")))?;
-        let reporter = if main {
+        let mut reporter = if main {
             let config_path = out.join("config.toml");
             std::fs::write(&config_path, cfg.to_toml()?).map_err(io(&config_path))?;
             Reporter::open(&out, resume.then_some(state.global_step))?

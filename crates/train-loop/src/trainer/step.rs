@@ -39,6 +39,8 @@ impl Trainer {
             self.pool.clone(),
         );
         let epochs = self.cfg.train.epochs;
+        self.reporter
+            .epoch_start(epoch + 1, epochs, self.iters_per_epoch);
         let mut meters = EpochMeters::default();
         let (mut samples, mut failed) = (0, 0);
         let mut tic = Instant::now();
