@@ -214,8 +214,13 @@ fn load_errors_name_the_problem() {
     .into_iter()
     .collect();
     tsm_model::write_safetensors(&p, &[], &meta).unwrap();
-    let e = Tsm::load(&p, &Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("backbone.conv1_1.conv.weight"), "{e}");
+    let e = Tsm::load(&p, &Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("x.safetensors"), "{e}");
+    let cause = std::error::Error::source(&e).unwrap().to_string();
+    assert!(
+        cause.contains("backbone.conv1_1.conv.weight"),
+        "{e}: {cause}"
+    );
 }
 
 #[test]
