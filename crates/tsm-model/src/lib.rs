@@ -77,6 +77,7 @@ pub struct ReadmeDoctests;
 /// For this workspace's benchmarks only; not part of the API and may change at any time.
 #[doc(hidden)]
 pub mod internal {
+    pub use crate::ops::{time_ops, OpKind, OpTimes};
     pub use crate::resnet::Profile;
 
     /// Eval-mode logits and the wall time of every step of the pass (`cargo xtask bench model`).

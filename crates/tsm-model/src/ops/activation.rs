@@ -5,6 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::WithDType;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
+use super::timing::{timed, OpKind};
 use super::{cpu_kernel, cpu_slice, has_cpu_kernel, par_fill, reference_fwd, reference_vjp};
 
 /// Leaky ReLU's negative slope in Paddle's `F.leaky_relu` (and so in PP-TSM).
@@ -41,7 +42,9 @@ pub(crate) fn leaky_grad_factor<T: WithDType>(v: T) -> T {
 
 /// `leaky_relu(x) = max(x, 0.01 x)`.
 pub(crate) fn leaky_relu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(LeakyRelu)
+    timed(OpKind::Activation, x.device(), || {
+        x.contiguous()?.apply_op1(LeakyRelu)
+    })
 }
 
 /// [`leaky_relu`] from candle's ops.
@@ -58,7 +61,9 @@ pub(crate) fn add_leaky_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         )
     }
-    a.contiguous()?.apply_op2(&b.contiguous()?, AddLeakyRelu)
+    timed(OpKind::Activation, a.device(), || {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddLeakyRelu)
+    })
 }
 
 /// [`add_leaky_relu`] from candle's ops.
@@ -94,11 +99,13 @@ impl CustomOp1 for LeakyRelu {
     }
 
     fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        if !cpu_kernel(x) {
-            let g = reference_vjp(&[x], grad, |x| leaky_relu_reference(&x[0]))?;
-            return Ok(g.into_iter().next());
-        }
-        Ok(Some(leaky_grad(y, grad)?))
+        timed(OpKind::Activation, x.device(), || {
+            if !cpu_kernel(x) {
+                let g = reference_vjp(&[x], grad, |x| leaky_relu_reference(&x[0]))?;
+                return Ok(g.into_iter().next());
+            }
+            Ok(Some(leaky_grad(y, grad)?))
+        })
     }
 }
 
@@ -162,12 +169,14 @@ impl CustomOp2 for AddLeakyRelu {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        if !cpu_kernel(a) {
-            let g = reference_vjp(&[a, b], grad, |x| add_leaky_relu_reference(&x[0], &x[1]))?;
-            return Ok((g.first().cloned(), g.get(1).cloned()));
-        }
-        let g = leaky_grad(y, grad)?;
-        Ok((Some(g.clone()), Some(g)))
+        timed(OpKind::Activation, a.device(), || {
+            if !cpu_kernel(a) {
+                let g = reference_vjp(&[a, b], grad, |x| add_leaky_relu_reference(&x[0], &x[1]))?;
+                return Ok((g.first().cloned(), g.get(1).cloned()));
+            }
+            let g = leaky_grad(y, grad)?;
+            Ok((Some(g.clone()), Some(g)))
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Result,
 use rayon::prelude::*;
 
 use super::activation::{leaky, leaky_grad_factor, leaky_relu_reference};
+use super::timing::{timed, OpKind};
 use super::{
     channel_mean, cpu_kernel, cpu_slice, has_cpu_kernel, par_fill, per_channel, reference_fwd,
     reference_vjp,
@@ -26,11 +27,13 @@ pub(crate) fn batch_norm_train(
     bias: &Tensor,
     leaky: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let x = x.contiguous()?;
-    let stats = x.apply_op1_no_bwd(&BatchStats)?;
-    let params = Tensor::stack(&[weight, bias], 0)?;
-    let y = x.apply_op3(&stats, &params, BnTrain { leaky })?;
-    Ok((y, stats.get(0)?, stats.get(1)?))
+    timed(OpKind::BatchNormForward, x.device(), || {
+        let x = x.contiguous()?;
+        let stats = x.apply_op1_no_bwd(&BatchStats)?;
+        let params = Tensor::stack(&[weight, bias], 0)?;
+        let y = x.apply_op3(&stats, &params, BnTrain { leaky })?;
+        Ok((y, stats.get(0)?, stats.get(1)?))
+    })
 }
 
 /// `(N, C, H*W)` of a contiguous `[N, C, H, W]` layout, and its data.
@@ -299,6 +302,20 @@ impl CustomOp3 for BnTrain {
         stats: &Tensor,
         params: &Tensor,
         _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        timed(OpKind::BatchNormBackward, x.device(), || {
+            self.backward(x, stats, params, dy)
+        })
+    }
+}
+
+impl BnTrain {
+    fn backward(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        params: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         if !cpu_kernel(x) {

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::activation::leaky_relu_reference;
 use super::shift::{check_shift_args, ShiftSpec};
+use super::timing::{timed, OpKind};
 use super::{cpu_kernel, cpu_slice, has_cpu_kernel, per_channel, reference_fwd, reference_vjp};
 
 /// `x [N, C, H, W]`, temporally shifted first when `shift` is `(num_seg, ratio)`, convolved with
@@ -31,8 +32,10 @@ pub(crate) fn conv2d(
     padding: usize,
     shift: Option<(usize, f64)>,
 ) -> Result<Tensor> {
-    let op = Conv::new(x, w, stride, padding, shift, Epilogue::None)?;
-    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+    timed(OpKind::ConvForward, x.device(), || {
+        let op = Conv::new(x, w, stride, padding, shift, Epilogue::None)?;
+        x.contiguous()?.apply_op2(&w.contiguous()?, op)
+    })
 }
 
 /// Inference only (no backward): `conv2d(x, w) + bias`, then leaky ReLU (slope `LEAKY_SLOPE`)
@@ -46,9 +49,11 @@ pub(crate) fn conv2d_bias(
     shift: Option<(usize, f64)>,
     leaky: bool,
 ) -> Result<Tensor> {
-    let op = Conv::new(x, w, stride, padding, shift, Epilogue::Bias { leaky })?;
-    x.contiguous()?
-        .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op)
+    timed(OpKind::ConvForward, x.device(), || {
+        let op = Conv::new(x, w, stride, padding, shift, Epilogue::Bias { leaky })?;
+        x.contiguous()?
+            .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op)
+    })
 }
 
 /// [`conv2d`] without a shift, as candle computes it.
@@ -737,19 +742,21 @@ impl CustomOp2 for Conv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        if !cpu_kernel(x) {
-            let g = reference_vjp(&[x, w], grad, |x| self.reference(x))?;
-            return Ok((g.first().cloned(), g.get(1).cloned()));
-        }
-        let grad = grad.contiguous()?;
-        // the gradient for the input as the conv read it, then back through the shift
-        let gx = grad.apply_op2_no_bwd(w, &ConvGradInput(self.g))?;
-        let gx = match self.g.shift {
-            Some(s) => s.grad(&gx)?,
-            None => gx,
-        };
-        let gw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.g))?;
-        Ok((Some(gx), Some(gw)))
+        timed(OpKind::ConvBackward, x.device(), || {
+            if !cpu_kernel(x) {
+                let g = reference_vjp(&[x, w], grad, |x| self.reference(x))?;
+                return Ok((g.first().cloned(), g.get(1).cloned()));
+            }
+            let grad = grad.contiguous()?;
+            // the gradient for the input as the conv read it, then back through the shift
+            let gx = grad.apply_op2_no_bwd(w, &ConvGradInput(self.g))?;
+            let gx = match self.g.shift {
+                Some(s) => s.grad(&gx)?,
+                None => gx,
+            };
+            let gw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.g))?;
+            Ok((Some(gx), Some(gw)))
+        })
     }
 }
 

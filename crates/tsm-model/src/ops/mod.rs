@@ -6,8 +6,9 @@
 //! Each op is one type implementing candle's custom-op trait, with three bodies:
 //! - `cpu_fwd`: a hand-written kernel for f32 and f64 (single-pass, with a hand-written
 //!   backward), and [`reference_fwd`] for the other dtypes;
-//! - `cuda_fwd`: the slot for the op's CUDA kernel; until one is written it runs the op's
-//!   reference on the GPU through [`reference_fwd`], and `bwd` differentiates the reference
+//! - `cuda_fwd`: the op's CUDA kernel (the temporal shift's, `kernels/temporal_shift.cu`), or,
+//!   for an op without one yet, its reference run on the GPU by candle's CUDA ops through
+//!   [`reference_fwd`], never a copy to the CPU; `bwd` differentiates the reference
 //!   ([`reference_vjp`]) wherever the CPU kernels do not run;
 //! - a slow `*_reference` function beside it, made of plain candle ops: the ground truth in
 //!   the tests, which run every op on each device the build has (`ops/tests.rs`).
@@ -20,6 +21,7 @@ mod batch_norm;
 mod conv;
 mod pool;
 mod shift;
+mod timing;
 
 pub(crate) use activation::{add_leaky_relu, leaky_relu, LEAKY_SLOPE};
 pub(crate) use batch_norm::{batch_norm_train, BN_EPS};
@@ -27,6 +29,7 @@ pub(crate) use conv::{conv2d, conv2d_bias};
 pub(crate) use pool::{avg_pool2x2_ceil, max_pool3x3_s2_p1};
 pub(crate) use shift::shift_folds;
 pub use shift::temporal_shift;
+pub use timing::{time_ops, OpKind, OpTimes};
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::op::BackpropOp;

@@ -6,6 +6,7 @@ use candle_core::WithDType;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::timing::{timed, OpKind};
 use super::{cpu_kernel, cpu_slice, has_cpu_kernel, reference_fwd, reference_vjp};
 
 /// Paddle's `AvgPool2D(2, stride=2, padding=0, ceil_mode=True)` (exclusive): on an odd size the
@@ -37,7 +38,9 @@ pub(crate) fn avg_pool2x2_ceil(x: &Tensor) -> Result<Tensor> {
 /// window in row-major order (where the reference's gradient is used, ties share it).
 pub(crate) fn max_pool3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
-    x.contiguous()?.apply_op1(MaxPool)
+    timed(OpKind::Pool, x.device(), || {
+        x.contiguous()?.apply_op1(MaxPool)
+    })
 }
 
 /// Output size of the 3x3 stride-2 pad-1 pooling.
@@ -135,11 +138,13 @@ impl CustomOp1 for MaxPool {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        if !cpu_kernel(x) {
-            let g = reference_vjp(&[x], grad, |x| max_pool3x3_s2_p1_reference(&x[0]))?;
-            return Ok(g.into_iter().next());
-        }
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolGrad)?))
+        timed(OpKind::Pool, x.device(), || {
+            if !cpu_kernel(x) {
+                let g = reference_vjp(&[x], grad, |x| max_pool3x3_s2_p1_reference(&x[0]))?;
+                return Ok(g.into_iter().next());
+            }
+            Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolGrad)?))
+        })
     }
 }
 
