@@ -1,11 +1,15 @@
-//! `cargo xtask build-cuda`: tsm-cli with `--features cuda` (candle's CUDA backend, NCCL between
-//! GPUs), on a machine with or without CUDA.
+//! The CUDA builds, on a machine with or without CUDA:
+//! - `cargo xtask build-cuda`: tsm-cli with `--features cuda` (candle's CUDA backend, NCCL
+//!   between GPUs);
+//! - `cargo xtask gpu-check`: the one folder a GPU machine needs to check and measure the model
+//!   on CUDA (`target/gpu-check`: the CUDA test binary, the bench binary, the PyTorch anchor and
+//!   `run.sh`, which runs them all).
 //!
 //! With a CUDA toolkit on the machine (`CUDA_HOME`, or `/usr/local/cuda`) it is used as it is.
 //! Without one, a CUDA 13.0 + NCCL 2.30 build tree is assembled from NVIDIA's PyPI wheels under
 //! `target/cuda-toolkit` (no GPU needed), with a link-time stub of the driver library: every
-//! driver call of the stub fails with "no device", so the built binary can be run here to check
-//! that it loads and fails cleanly, and the stub must never be shipped.
+//! driver call of the stub fails with "no device", so the built binaries can be run here to check
+//! that they load and fail cleanly, and the stub must never be shipped.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -29,51 +33,204 @@ const WHEELS: &[&str] = &[
     "nvidia-nccl-cu13==2.30.7",
 ];
 
-/// Builds `target/cuda/release/tsm-cli`; with the assembled toolkit, also runs it once to
-/// check that it loads its libraries and reports the missing GPU as an error.
-pub fn run() -> Result<()> {
-    let root = project_root();
-    let system = std::env::var_os("CUDA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from("/usr/local/cuda")))
-        .filter(|home| home.join("bin/nvcc").exists());
-    let (home, run_libs) = match system {
-        Some(home) => (home, None),
-        None => {
-            let prefix = root.join("target/cuda-toolkit");
-            let home = assemble(&prefix)?;
-            let libs = format!(
-                "{}:{}",
-                prefix.join("stub-runtime").display(),
-                home.join("lib64").display()
-            );
-            (home, Some(libs))
+/// What travels to a GPU machine with the project's tree: the device machines take 64 MiB in all.
+const GPU_CHECK_LIMIT: u64 = 56 << 20;
+
+/// The toolkit the CUDA builds use.
+struct Toolkit {
+    home: PathBuf,
+    /// With the assembled toolkit: the library path that runs its binaries here, against the
+    /// driver stub.
+    stub_libs: Option<String>,
+}
+
+impl Toolkit {
+    fn find_or_assemble() -> Result<Self> {
+        let root = project_root();
+        let system = std::env::var_os("CUDA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("/usr/local/cuda")))
+            .filter(|home| home.join("bin/nvcc").exists());
+        let toolkit = match system {
+            Some(home) => Self {
+                home,
+                stub_libs: None,
+            },
+            None => {
+                let prefix = root.join("target/cuda-toolkit");
+                let home = assemble(&prefix)?;
+                let libs = format!(
+                    "{}:{}",
+                    prefix.join("stub-runtime").display(),
+                    home.join("lib64").display()
+                );
+                Self {
+                    home,
+                    stub_libs: Some(libs),
+                }
+            }
+        };
+        eprintln!("xtask: CUDA toolkit {}", toolkit.home.display());
+        Ok(toolkit)
+    }
+
+    /// `cargo` building into target/cuda with this toolkit, for Hopper unless
+    /// `CUDA_COMPUTE_CAP` says otherwise (candle's kernels are compiled for one architecture).
+    fn cargo(&self) -> Command {
+        let path = format!(
+            "{}:{}",
+            self.home.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = cargo();
+        cmd.current_dir(project_root())
+            .env("CARGO_TARGET_DIR", project_root().join("target/cuda"))
+            .env("CUDA_HOME", &self.home)
+            .env("PATH", path);
+        if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+            cmd.env("CUDA_COMPUTE_CAP", "90");
         }
-    };
-    eprintln!("xtask: build-cuda: CUDA toolkit {}", home.display());
-    let path = format!(
-        "{}:{}",
-        home.join("bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let target = root.join("target/cuda");
-    let mut build = cargo();
-    build
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "cli", "--features", "cuda"])
-        .env("CARGO_TARGET_DIR", &target)
-        .env("CUDA_HOME", &home)
-        .env("PATH", path);
-    // Hopper unless told otherwise (candle's kernels are compiled for one architecture).
-    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
-        build.env("CUDA_COMPUTE_CAP", "90");
+        cmd
     }
-    run_cmd(&mut build)?;
-    let bin = target.join("release/tsm-cli");
+}
+
+/// `cargo xtask build-cuda`: builds `target/cuda/release/tsm-cli`; with the assembled toolkit,
+/// also runs it once to check that it loads its libraries and reports the missing GPU.
+pub fn build_cli() -> Result<()> {
+    let toolkit = Toolkit::find_or_assemble()?;
+    run_cmd(
+        toolkit
+            .cargo()
+            .args(["build", "--release", "-p", "cli", "--features", "cuda"]),
+    )?;
+    let bin = project_root().join("target/cuda/release/tsm-cli");
     eprintln!("xtask: build-cuda: built {}", bin.display());
-    if let Some(libs) = run_libs {
-        check_loads_without_gpu(&bin, &libs)?;
+    if let Some(libs) = &toolkit.stub_libs {
+        check_loads_without_gpu(&bin, libs)?;
     }
+    Ok(())
+}
+
+/// `cargo xtask gpu-check`: builds tsm-model's CUDA test binary and bench binary, and packs them
+/// with the PyTorch anchor and `run.sh` into `target/gpu-check` (stripped, under the size the
+/// device machines take).
+pub fn gpu_check() -> Result<()> {
+    let root = project_root();
+    let toolkit = Toolkit::find_or_assemble()?;
+    let model = ["-p", "tsm-model", "--features", "cuda"];
+    let tests = toolkit
+        .cargo()
+        .args([
+            "test",
+            "--release",
+            "--test",
+            "cuda",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .args(model)
+        .output()
+        .context("building tsm-model's CUDA tests")?;
+    if !tests.status.success() {
+        bail!(
+            "building tsm-model's CUDA tests: {}",
+            String::from_utf8_lossy(&tests.stderr)
+        );
+    }
+    let test_bin = test_executable(&String::from_utf8_lossy(&tests.stdout), "cuda")
+        .context("cargo named no executable for tsm-model's `cuda` test")?;
+    run_cmd(
+        toolkit
+            .cargo()
+            .args(["build", "--release", "--example", "model_bench"])
+            .args(model),
+    )?;
+    let bench_bin = root.join("target/cuda/release/examples/model_bench");
+
+    let dir = root.join("target/gpu-check");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for (from, to) in [(&test_bin, "cuda_tests"), (&bench_bin, "model_bench")] {
+        run_cmd(Command::new("strip").arg("-o").arg(bin.join(to)).arg(from))?;
+    }
+    if let Some(libs) = &toolkit.stub_libs {
+        check_test_binary_loads(&bin.join("cuda_tests"), libs)?;
+    }
+    // candle's kernels make each binary about 50 MiB, mostly PTX text: xz takes both to ~12
+    run_cmd(
+        Command::new("tar")
+            .env("XZ_OPT", "-6 -T0")
+            .arg("-cJf")
+            .arg(dir.join("bin.tar.xz"))
+            .arg("-C")
+            .arg(&dir)
+            .arg("bin"),
+    )?;
+    std::fs::remove_dir_all(&bin)?;
+    for (from, to) in [
+        ("tests/bench/torch_eager.py", "torch_eager.py"),
+        ("tests/bench/gpu_check.sh", "run.sh"),
+    ] {
+        std::fs::copy(root.join(from), dir.join(to)).with_context(|| from.to_string())?;
+    }
+    let size: u64 = std::fs::read_dir(&dir)?
+        .map(|e| Ok(e?.metadata()?.len()))
+        .sum::<Result<u64>>()?;
+    if size > GPU_CHECK_LIMIT {
+        bail!(
+            "{} is {:.1} MiB, over the {} MiB a device machine takes with the project",
+            dir.display(),
+            size as f64 / 1048576.0,
+            GPU_CHECK_LIMIT >> 20
+        );
+    }
+    eprintln!(
+        "xtask: gpu-check: {} ({:.1} MiB). On a machine with an NVIDIA GPU, from the project's \
+         root: `bash target/gpu-check/run.sh` (results in $OUT, or target/gpu-check/results)",
+        dir.display(),
+        size as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+/// The test executable named `name` in cargo's `--message-format=json` output.
+fn test_executable(json: &str, name: &str) -> Option<PathBuf> {
+    json.lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
+        .filter(|l| {
+            l.contains(&format!(
+                "\"kind\":[\"test\"],\"crate_types\":[\"bin\"],\"name\":\"{name}\""
+            ))
+        })
+        .find_map(|l| {
+            let rest = l.split("\"executable\":\"").nth(1)?;
+            Some(PathBuf::from(rest.split('"').next()?))
+        })
+}
+
+/// Lists the CUDA tests with the stub driver: the binary must start (every library found).
+fn check_test_binary_loads(bin: &Path, libs: &str) -> Result<()> {
+    let out = Command::new(bin)
+        .arg("--list")
+        .env("LD_LIBRARY_PATH", libs)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !list.contains("shift_kernel_equals_the_cpu_op: test") {
+        bail!(
+            "{} --list with the stub driver: {:?}, {list}{}",
+            bin.display(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "xtask: gpu-check: the test binary loads its CUDA libraries here and lists {} tests",
+        list.lines().filter(|l| l.ends_with(": test")).count()
+    );
     Ok(())
 }
 
@@ -240,5 +397,24 @@ mod tests {
                  typedef struct CUctx_st *CUcontext; int cudaMalloc(void); cu_x(1);";
         let names: Vec<&str> = super::driver_functions(c).into_iter().collect();
         assert_eq!(names, ["cuDeviceGet", "cuInit"]);
+    }
+
+    #[test]
+    fn test_executable_is_read_from_cargo_messages() {
+        let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"crate_types":["lib"],"name":"tsm_model"},"executable":null}"#;
+        let test = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"crate_types":["bin"],"name":"cuda","src_path":"x"},"executable":"/t/deps/cuda-0f"}"#;
+        let other = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"crate_types":["bin"],"name":"model"},"executable":"/t/deps/model-1a"}"#;
+        let json = [
+            lib,
+            other,
+            test,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            super::test_executable(&json, "cuda"),
+            Some(std::path::PathBuf::from("/t/deps/cuda-0f"))
+        );
+        assert_eq!(super::test_executable(lib, "cuda"), None);
     }
 }

@@ -73,6 +73,11 @@ enum Cmd {
     /// CUDA toolkit here, assembles CUDA 13.0 + NCCL from PyPI first (no GPU needed) and checks
     /// that the binary loads and reports the missing GPU cleanly.
     BuildCuda,
+    /// Build tsm-model's CUDA test and bench binaries (assembling CUDA as build-cuda does) and
+    /// pack them with the PyTorch eager anchor and run.sh into target/gpu-check: what a machine
+    /// with an NVIDIA GPU and no Rust needs to check the kernel, the model and training against
+    /// the CPU and to benchmark them against PyTorch (`bash target/gpu-check/run.sh` there).
+    GpuCheck,
     /// Benchmarks, each against its baseline in the same run; prints a table of ratios.
     Bench {
         #[command(subcommand)]
@@ -140,7 +145,8 @@ fn run() -> Result<()> {
         Cmd::Setup { mpi } => setup::run(mpi),
         Cmd::Test { cargo_args } => test::run(&cargo_args),
         Cmd::CheckFeatures => features::check(),
-        Cmd::BuildCuda => cuda::run(),
+        Cmd::BuildCuda => cuda::build_cli(),
+        Cmd::GpuCheck => cuda::gpu_check(),
         Cmd::ConvertWeights { args } => run_cmd(
             cargo()
                 // The user's working directory is kept, so relative paths mean what they say.

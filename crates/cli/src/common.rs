@@ -9,7 +9,7 @@ use augment::{
     CenterCrop, ClipLoader, MultiScaleCrop, Pipeline, PipelineConfig, RandomCrop, RandomFlip,
     Scale, TenCrop, ThreeCrop, Transform,
 };
-use candle_core::Device;
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use train_loop::classify::Classifier;
@@ -73,9 +73,9 @@ pub fn checkpoint_config(path: &Path) -> Result<(TsmConfig, Vec<(String, String)
 
 /// Loads weights, saying what is wrong when the file is not a tsm-model checkpoint or its
 /// tensors do not make the architecture its metadata describes (weights of another depth).
-pub fn load_model(path: &Path, device: &Device) -> Result<Tsm> {
+pub fn load_model(path: &Path, dtype: DType, device: &Device) -> Result<Tsm> {
     let (cfg, _) = checkpoint_config(path)?;
-    match Tsm::load(path, device) {
+    match Tsm::load_with_dtype(path, dtype, device) {
         Ok(m) => Ok(m),
         Err(TsmError::Model { cause, .. }) => bail!(
             "{}: the tensors do not match {} (weights of another depth or head?): {cause}",
@@ -282,16 +282,49 @@ impl ViewArgs {
     }
 }
 
+/// The precision inference runs in.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights and activations, on every device.
+    F32,
+    /// bf16 weights and activations (on CUDA devices, through candle's bf16 kernels).
+    Bf16,
+}
+
+/// How the model runs for scoring (predict, eval, timeline).
+#[derive(clap::Args, Debug, Clone)]
+pub struct InferenceArgs {
+    /// Weights and activations in `f32`, or `bf16` on a CUDA device (`--device cuda:N`).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
+impl InferenceArgs {
+    /// The model's dtype on `device`.
+    fn dtype(&self, device: &Device) -> Result<DType> {
+        match self.precision {
+            Precision::F32 => Ok(DType::F32),
+            Precision::Bf16 if device.is_cuda() => Ok(DType::BF16),
+            Precision::Bf16 => bail!(
+                "--precision bf16 runs on CUDA devices (--device cuda:N); on the CPU tsm-cli \
+                 runs f32, which needs no flag (this build has no bf16 CPU kernels)"
+            ),
+        }
+    }
+}
+
 /// `weights` (BatchNorm folded for speed) scoring the test-time `views`, `batch` clips per
-/// forward pass.
+/// forward pass, in the precision `inference` asks for.
 pub fn classifier(
     weights: &Path,
     global: &Global,
+    inference: &InferenceArgs,
     views: &ViewArgs,
     batch: usize,
 ) -> Result<Classifier> {
     let device = global.device()?;
-    let model = load_model(weights, &device)?;
+    let dtype = inference.dtype(&device)?;
+    let model = load_model(weights, dtype, &device)?;
     let loader = views.loader(model.config().num_seg, SampleMode::Valid)?;
     Classifier::new(&model, loader, device, batch).with_context(|| weights.display().to_string())
 }
@@ -389,5 +422,16 @@ mod tests {
             let e = g("cuda:0").device().unwrap_err().to_string();
             assert!(e.contains("built without CUDA"), "{e}");
         }
+    }
+
+    #[test]
+    fn precisions() {
+        let a = |precision| InferenceArgs { precision };
+        assert_eq!(a(Precision::F32).dtype(&Device::Cpu).unwrap(), DType::F32);
+        let e = a(Precision::Bf16)
+            .dtype(&Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--precision bf16 runs on CUDA devices"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use video_io::{read_list, ListEntry, ListFormat, ListOptions};
 
-use crate::common::{classifier, clips_bar, top_k, ViewArgs};
+use crate::common::{classifier, clips_bar, top_k, InferenceArgs, ViewArgs};
 use crate::labels::Labels;
 use crate::{plot, Global, Outcome};
 
@@ -71,6 +71,8 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     #[command(flatten)]
+    inference: InferenceArgs,
+    #[command(flatten)]
     views: ViewArgs,
 }
 
@@ -94,7 +96,13 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         bail!("{}: the list has no samples", args.list.display())
     }
     check_exist(&args.list, &entries)?;
-    let classifier = classifier(&args.weights, global, &args.views, args.batch)?;
+    let classifier = classifier(
+        &args.weights,
+        global,
+        &args.inference,
+        &args.views,
+        args.batch,
+    )?;
     let classes = classifier.model().config().num_classes;
     if let Some(e) = entries.iter().find(|e| e.label >= classes) {
         bail!(

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use tsm_model::{OnnxOptions, DEFAULT_OPSET, ONNX_FEATURES, ONNX_INPUT, ONNX_LOGITS};
 use video_io::SampleMode;
 
@@ -54,7 +54,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, _: &Global) -> Result<Outcome> {
-    let model = load_model(&args.weights, &Device::Cpu)?;
+    let model = load_model(&args.weights, DType::F32, &Device::Cpu)?;
     let cfg = model.config().clone();
     let labels = Labels::load(args.labels.as_ref(), cfg.num_classes, &args.weights)?;
     let loader = args.views.loader(cfg.num_seg, SampleMode::Valid)?;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use crate::common::{checkpoint_config, load_model};
 use crate::{Global, Outcome};
@@ -31,7 +31,7 @@ pub fn run(args: Args, _: &Global) -> Result<Outcome> {
     // with the same error, before anything is sized from it.
     let (cfg, meta) = checkpoint_config(&args.weights)?;
     // Loading checks that the tensors make the model the metadata describes.
-    let model = load_model(&args.weights, &Device::Cpu)?;
+    let model = load_model(&args.weights, DType::F32, &Device::Cpu)?;
     let params = model.params();
     let count = |stats: bool| -> usize {
         params

@@ -9,7 +9,7 @@ use serde_json::json;
 use train_loop::classify::VideoResult;
 use video_io::SampleLocation;
 
-use crate::common::{classifier, clips_bar, collect_videos, top_k, ViewArgs};
+use crate::common::{classifier, clips_bar, collect_videos, top_k, InferenceArgs, ViewArgs};
 use crate::labels::Labels;
 use crate::{Global, Outcome};
 
@@ -42,6 +42,8 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     #[command(flatten)]
+    inference: InferenceArgs,
+    #[command(flatten)]
     views: ViewArgs,
     /// Videos, or folders searched recursively for videos.
     #[arg(required = true)]
@@ -50,7 +52,13 @@ pub struct Args {
 
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let (videos, empty_dirs) = collect_videos(&args.inputs)?;
-    let classifier = classifier(&args.weights, global, &args.views, args.batch)?;
+    let classifier = classifier(
+        &args.weights,
+        global,
+        &args.inference,
+        &args.views,
+        args.batch,
+    )?;
     let labels = Labels::load(
         args.labels.as_ref(),
         classifier.model().config().num_classes,

@@ -23,7 +23,7 @@ use video_io::{
     StreamSource, Window,
 };
 
-use crate::common::{classifier, top_k, SpatialViews, TemporalViews, ViewArgs};
+use crate::common::{classifier, top_k, InferenceArgs, SpatialViews, TemporalViews, ViewArgs};
 use crate::labels::Labels;
 use crate::plot::{timeline_png, TimelineCell};
 use crate::{Global, Outcome};
@@ -90,6 +90,8 @@ pub struct Args {
     /// Windows per forward pass, at most (a live stream's windows go as they close).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    #[command(flatten)]
+    inference: InferenceArgs,
     /// Write the window lines to this file instead of stdout.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -364,7 +366,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         temporal: TemporalViews::uniform(),
         spatial: args.spatial.clone(),
     };
-    let classifier = classifier(&args.weights, global, &views, args.batch)?;
+    let classifier = classifier(&args.weights, global, &args.inference, &views, args.batch)?;
     let num_classes = classifier.model().config().num_classes;
     let labels = Labels::load(args.labels.as_ref(), num_classes, &args.weights)?;
     let mut json_file = match &args.json {

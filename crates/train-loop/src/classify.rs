@@ -2,7 +2,7 @@
 //! through the model in batches, each video's logits averaged over its views.
 
 use augment::{Clip, ClipLoader};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -137,8 +137,13 @@ impl Classifier {
                 .iter()
                 .flat_map(|clip| clip.data.iter().copied())
                 .collect();
-            let x = Tensor::from_vec(data, (end - start, t, c, h, w), &self.device)?;
-            let logits = self.model.forward(&x)?.to_vec2::<f32>()?;
+            let x = Tensor::from_vec(data, (end - start, t, c, h, w), &self.device)?
+                .to_dtype(self.model.dtype())?;
+            let logits = self
+                .model
+                .forward(&x)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
             for (row, &video) in logits.iter().zip(&owner[start..end]) {
                 for (s, &l) in sums[video].iter_mut().zip(row) {
                     *s += f64::from(l);

@@ -294,6 +294,11 @@ impl Tsm {
         &self.cfg
     }
 
+    /// The weights' dtype: what [`Tsm::forward`] takes its clips in and gives its logits in.
+    pub fn dtype(&self) -> DType {
+        self.backbone.dtype()
+    }
+
     #[cfg(any(feature = "onnx", all(test, target_arch = "x86_64")))]
     pub(crate) fn backbone(&self) -> &ResNetTweaksTsm {
         &self.backbone

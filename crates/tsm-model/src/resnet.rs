@@ -5,7 +5,7 @@
 //! Follows `ppvideo/paddlevideo/modeling/backbones/resnet_tweaks_tsm.py`, including its
 //! (working) BasicBlock for depths 18 and 34.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
 use crate::batch_norm::BatchNorm;
@@ -526,6 +526,11 @@ impl ResNetTweaksTsm {
             #[cfg(target_arch = "x86_64")]
             plan: None,
         })
+    }
+
+    /// The weights' dtype.
+    pub(crate) fn dtype(&self) -> DType {
+        self.stem[0].weight.dtype()
     }
 
     /// The same backbone with every BN folded into its conv (inference only), with its CPU
