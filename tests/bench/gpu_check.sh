@@ -9,7 +9,9 @@
 #    steps that bring the loss down.
 # 2. Benchmarks, ours and PyTorch eager's in the same run on the same GPU: the shift kernel's
 #    bandwidth against a device-to-device copy; R50 8x224 eval clips/s at batch 1, 16 and 64 in
-#    f32 and bf16; a training step at batch 16, with where its time goes.
+#    f32 and bf16; a training step at batch 16, with where its time goes. Ours with candle's
+#    CUDA convolutions and with cuDNN's (feature cudnn), PyTorch as it runs by default and as
+#    its tuning guide runs it (NHWC, cudnn.benchmark).
 # Results: $OUT (or target/gpu-check/results): tests.txt, bench.tsv, summary.md. Exits non-zero
 # when anything failed, after running the rest.
 set -uo pipefail
@@ -37,7 +39,7 @@ dirs = {os.path.dirname(p) for root in nvidia.__path__
         for p in glob.glob(os.path.join(root, "**", "lib*.so*"), recursive=True)}
 print(":".join(sorted(dirs)))')
 export LD_LIBRARY_PATH="${wheel_libs}${CUDA_HOME:+:$CUDA_HOME/lib64}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-missing=$(ldd "$bin/cuda_tests" "$bin/model_bench" | grep "not found" | sort -u)
+missing=$(ldd "$bin/cuda_tests" "$bin/model_bench" "$bin/model_bench_cudnn" | grep "not found" | sort -u)
 if [ -n "$missing" ]; then
     say "libraries not found (install PyTorch with CUDA, or set CUDA_HOME):"
     echo "$missing" >&2
@@ -72,6 +74,7 @@ for dtype in f32 bf16; do
     for batch in 1 16 64; do
         iters=$((batch == 1 ? 30 : (batch == 16 ? 10 : 4)))
         measure "eval $dtype b$batch tsm-rs" "$bin/model_bench" eval 50 8 224 "$batch" "$iters" --device cuda:0 --dtype "$dtype"
+        measure "eval $dtype b$batch tsm-rs-cudnn" "$bin/model_bench_cudnn" eval 50 8 224 "$batch" "$iters" --device cuda:0 --dtype "$dtype"
         measure "eval $dtype b$batch pytorch" python3 "$here/torch_eager.py" eval 50 8 224 "$batch" "$iters" --device cuda:0 --dtype "$dtype"
     done
 done
@@ -81,6 +84,7 @@ for batch in 16 64; do
     measure "eval bf16 b$batch pytorch-tuned" python3 "$here/torch_eager.py" eval 50 8 224 "$batch" "$iters" --device cuda:0 --dtype bf16 --channels-last --cudnn-benchmark
 done
 measure "train f32 b16 tsm-rs" "$bin/model_bench" train 50 8 224 16 5 --device cuda:0 --profile
+measure "train f32 b16 tsm-rs-cudnn" "$bin/model_bench_cudnn" train 50 8 224 16 5 --device cuda:0
 measure "train f32 b16 pytorch" python3 "$here/torch_eager.py" train 50 8 224 16 5 --device cuda:0 --dtype f32
 
 python3 - "$out" <<'PY' | tee "$out/summary.md"
@@ -94,16 +98,16 @@ for line in (out / "bench.tsv").read_text().splitlines():
     what, engine = case.rsplit(" ", 1)
     r = json.loads(js)
     rows.setdefault(what, {})[engine] = r["clips"] / r["seconds"]
-print("| PP-TSM R50 8x224 | tsm-rs clips/s | PyTorch eager | PyTorch NHWC + cudnn.benchmark "
-      "| tsm-rs / fastest PyTorch |")
-print("|---|---:|---:|---:|---:|")
+print("| PP-TSM R50 8x224, clips/s | tsm-rs | tsm-rs, cuDNN | PyTorch eager "
+      "| PyTorch NHWC + cudnn.benchmark | fastest tsm-rs / fastest PyTorch |")
+print("|---|---:|---:|---:|---:|---:|")
 for what, e in rows.items():
-    ours = e.get("tsm-rs")
+    ours = [v for k, v in e.items() if k.startswith("tsm-rs")]
     torch = [v for k, v in e.items() if k.startswith("pytorch")]
-    ratio = f"{ours / max(torch):.2f}x" if ours and torch else "-"
-    fmt = lambda v: f"{v:.2f}" if v else "-"
-    print(f"| {what} | {fmt(ours)} | {fmt(e.get('pytorch'))} | {fmt(e.get('pytorch-tuned'))} "
-          f"| {ratio} |")
+    ratio = f"{max(ours) / max(torch):.2f}x" if ours and torch else "-"
+    cells = [f"{e[k]:.2f}" if k in e else "-"
+             for k in ("tsm-rs", "tsm-rs-cudnn", "pytorch", "pytorch-tuned")]
+    print(f"| {what} | {' | '.join(cells)} | {ratio} |")
 shift = out / "shift.jsonl"
 if shift.exists() and shift.read_text().strip():
     print("\n| shift input | dtype | kernel GB/s | copy GB/s | kernel / copy |")

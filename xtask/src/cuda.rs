@@ -20,7 +20,8 @@ use anyhow::{bail, Context, Result};
 use crate::{cargo, project_root, run_cmd};
 
 /// Pinned together: cudarc 0.19 accepts nvcc up to 13.4, PTX from a newer nvcc does not load on
-/// driver 580 (CUDA 13.0), and NCCL 2.30 is the API of cudarc's `nccl` feature.
+/// driver 580 (CUDA 13.0), NCCL 2.30 is the API of cudarc's `nccl` feature, and cuDNN 9 that of
+/// its `cudnn` feature (bindings of 9.21; any 9.x at run time, e.g. PyTorch's).
 const WHEELS: &[&str] = &[
     "nvidia-cuda-nvcc==13.0.88",
     "nvidia-cuda-crt==13.0.88",
@@ -31,6 +32,7 @@ const WHEELS: &[&str] = &[
     "nvidia-cublas==13.0.2.14",
     "nvidia-curand==10.4.0.35",
     "nvidia-nccl-cu13==2.30.7",
+    "nvidia-cudnn-cu13==9.28.1.4",
 ];
 
 /// What travels to a GPU machine with the project's tree: the device machines take 64 MiB in all.
@@ -139,27 +141,34 @@ pub fn gpu_check() -> Result<()> {
     }
     let test_bin = test_executable(&String::from_utf8_lossy(&tests.stdout), "cuda")
         .context("cargo named no executable for tsm-model's `cuda` test")?;
-    run_cmd(
-        toolkit
-            .cargo()
-            .args(["build", "--release", "--example", "model_bench"])
-            .args(model),
-    )?;
-    let bench_bin = root.join("target/cuda/release/examples/model_bench");
-
     let dir = root.join("target/gpu-check");
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
-    for (from, to) in [(&test_bin, "cuda_tests"), (&bench_bin, "model_bench")] {
-        run_cmd(Command::new("strip").arg("-o").arg(bin.join(to)).arg(from))?;
+    let strip = |from: &Path, to: &str| {
+        run_cmd(Command::new("strip").arg("-o").arg(bin.join(to)).arg(from))
+    };
+    strip(&test_bin, "cuda_tests")?;
+    // the bench twice: candle's own CUDA convolutions, and cuDNN's forward (feature `cudnn`)
+    for (features, name) in [("cuda", "model_bench"), ("cudnn", "model_bench_cudnn")] {
+        run_cmd(toolkit.cargo().args([
+            "build",
+            "--release",
+            "--example",
+            "model_bench",
+            "-p",
+            "tsm-model",
+            "--features",
+            features,
+        ]))?;
+        strip(&root.join("target/cuda/release/examples/model_bench"), name)?;
     }
     if let Some(libs) = &toolkit.stub_libs {
         check_test_binary_loads(&bin.join("cuda_tests"), libs)?;
     }
-    // candle's kernels make each binary about 50 MiB, mostly PTX text: xz takes both to ~12
+    // candle's kernels make each binary about 50 MiB, mostly PTX text: xz takes them to a fifth
     run_cmd(
         Command::new("tar")
             .env("XZ_OPT", "-6 -T0")
@@ -262,11 +271,12 @@ fn check_loads_without_gpu(bin: &Path, libs: &str) -> Result<()> {
     Ok(())
 }
 
-/// The CUDA build tree under `prefix` (made once): returns its `CUDA_HOME`.
+/// The CUDA build tree under `prefix` (made once for a set of wheels): returns its `CUDA_HOME`.
 fn assemble(prefix: &Path) -> Result<PathBuf> {
     let home = prefix.join("cuda");
     let done = prefix.join(".complete");
-    if done.exists() {
+    let wheels = WHEELS.join("\n");
+    if std::fs::read_to_string(&done).is_ok_and(|made| made == wheels) {
         return Ok(home);
     }
     eprintln!(
@@ -288,7 +298,11 @@ fn assemble(prefix: &Path) -> Result<PathBuf> {
         symlink(&cu.join(d), &home.join(d))?;
     }
     // The wheels ship versioned sonames only; the linker wants the plain lib*.so names too.
-    for dir in [cu.join("lib"), nvidia.join("nccl/lib")] {
+    for dir in [
+        cu.join("lib"),
+        nvidia.join("nccl/lib"),
+        nvidia.join("cudnn/lib"),
+    ] {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -310,7 +324,7 @@ fn assemble(prefix: &Path) -> Result<PathBuf> {
     )?;
     std::fs::create_dir_all(prefix.join("stub-runtime"))?;
     symlink(&stub, &prefix.join("stub-runtime/libcuda.so.1"))?;
-    std::fs::write(&done, "")?;
+    std::fs::write(&done, wheels)?;
     Ok(home)
 }
 

@@ -143,19 +143,17 @@ fn r50_on_the_gpu_matches_the_cpu() {
 }
 
 /// Training on the GPU: the first SGD step (train-mode BN, dropout from the same seeded
-/// generator, cross entropy) gives the CPU's loss and weights within 1e-4; 20 steps on one
-/// batch bring the loss down.
+/// generator, cross entropy) gives the CPU's loss and weights within 1e-4; without dropout, 20
+/// steps on one batch bring the loss down (on the CPU: 2.37 to 0.02).
 #[test]
 fn training_on_the_gpu_matches_the_cpu_and_learns() {
     let gpu = gpu();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TsmConfig::pptsm(50, 10);
-    let path = random_model(&cfg, dir.path());
     let clips = Tensor::randn(0f32, 1.0, (2, 8, 3, 112, 112), &Device::Cpu).unwrap();
     let labels = Tensor::new(&[3u32, 7], &Device::Cpu).unwrap();
-    let step = |dev: &Device, steps: usize| {
-        let model = Tsm::load(&path, dev).unwrap();
-        let mut opt = SGD::new(model.trainable_vars().unwrap(), 0.01).unwrap();
+    let train = |path: &std::path::Path, dev: &Device, lr: f64, steps: usize| {
+        let model = Tsm::load(path, dev).unwrap();
+        let mut opt = SGD::new(model.trainable_vars().unwrap(), lr).unwrap();
         let (clips, labels) = (
             clips.to_device(dev).unwrap(),
             labels.to_device(dev).unwrap(),
@@ -170,8 +168,9 @@ fn training_on_the_gpu_matches_the_cpu_and_learns() {
         }
         (model, losses)
     };
-    let (cpu, cpu_loss) = step(&Device::Cpu, 1);
-    let (one, gpu_loss) = step(&gpu, 1);
+    let with_dropout = random_model(&TsmConfig::pptsm(50, 10), dir.path());
+    let (cpu, cpu_loss) = train(&with_dropout, &Device::Cpu, 0.01, 1);
+    let (one, gpu_loss) = train(&with_dropout, &gpu, 0.01, 1);
     let loss_err = (cpu_loss[0] - gpu_loss[0]).abs() / cpu_loss[0].abs();
     let worst = cpu
         .params()
@@ -185,8 +184,14 @@ fn training_on_the_gpu_matches_the_cpu_and_learns() {
     );
     assert!(loss_err <= 1e-4 && worst.0 <= 1e-4, "{loss_err} {worst:?}");
 
-    let (_, losses) = step(&gpu, 20);
+    let no_dropout = TsmConfig {
+        dropout: 0.0,
+        ..TsmConfig::pptsm(50, 10)
+    };
+    let sub = dir.path().join("no-dropout");
+    std::fs::create_dir(&sub).unwrap();
+    let (_, losses) = train(&random_model(&no_dropout, &sub), &gpu, 0.002, 20);
     eprintln!("20 steps on the GPU: loss {losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
-    assert!(losses[19] < 0.5 * losses[0], "{losses:?}");
+    assert!(losses[19] < 0.25 * losses[0], "{losses:?}");
 }
