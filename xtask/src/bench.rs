@@ -479,6 +479,8 @@ struct ModelBench {
 impl ModelBench {
     /// Builds model_bench and onnx_export and exports the ONNX model.
     fn build() -> Result<Self> {
+        // prost-build (the ONNX export) needs protoc
+        crate::setup::run(false)?;
         let python = python::venv_python()?;
         run_cmd(cargo().current_dir(project_root()).args([
             "build",

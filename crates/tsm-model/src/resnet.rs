@@ -11,7 +11,7 @@ use candle_nn::{Init, ModuleT, VarBuilder};
 use crate::batch_norm::BatchNorm;
 use crate::config::TsmConfig;
 #[cfg(target_arch = "x86_64")]
-use crate::cpu_plan::{BlockDesc, ConvDesc, CpuPlan};
+use crate::cpu_plan::{BlockDesc, ConvDesc, CpuPlan, Kernel, NoKernel};
 use crate::model::{Param, ParamRole};
 use crate::ops::{add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1};
 use crate::ops::{conv2d, conv2d_bias};
@@ -446,7 +446,7 @@ pub(crate) struct ResNetTweaksTsm {
     stem: [ConvBn; 3],
     blocks: Vec<Block>,
     shift: Shift,
-    /// The fused backbone's forward on CPUs with AVX2 (see `cpu_plan`), when it fits.
+    /// The fused backbone's forward on x86-64 CPUs (see `cpu_plan`), when it fits.
     #[cfg(target_arch = "x86_64")]
     plan: Option<std::sync::Arc<CpuPlan>>,
 }
@@ -534,15 +534,39 @@ impl ResNetTweaksTsm {
     }
 
     /// The same backbone with every BN folded into its conv (inference only), with its CPU
-    /// plan where it fits.
+    /// plan where it fits. bf16 weights on the CPU need the plan's bf16 kernel: without it
+    /// (a CPU without AVX-512 BF16) this is an error, not the per-op path's far slower bf16.
     pub(crate) fn fuse(&self) -> Result<Self> {
         let fused = self.fuse_layers()?;
         #[cfg(target_arch = "x86_64")]
-        let fused = Self {
-            plan: fused.cpu_plan()?.map(std::sync::Arc::new),
-            ..fused
-        };
+        if fused.stem[0].weight.device().is_cpu() {
+            match Kernel::for_dtype(fused.dtype()) {
+                Ok(kernel) => return fused.with_plan(kernel),
+                Err(NoKernel::Cpu(needs)) if fused.dtype() == DType::BF16 => {
+                    candle_core::bail!(
+                        "bf16 inference on the CPU needs {needs}, which this CPU lacks; \
+                         run in f32 instead"
+                    )
+                }
+                Err(_) => {}
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        if fused.dtype() == DType::BF16 && fused.stem[0].weight.device().is_cpu() {
+            candle_core::bail!(
+                "bf16 inference on the CPU needs x86-64 with avx512_bf16; run in f32 instead"
+            )
+        }
         Ok(fused)
+    }
+
+    /// This fused backbone with its CPU plan on `kernel`, where the network fits it.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn with_plan(self, kernel: Kernel) -> Result<Self> {
+        Ok(Self {
+            plan: self.cpu_plan(kernel)?.map(std::sync::Arc::new),
+            ..self
+        })
     }
 
     /// [`ResNetTweaksTsm::fuse`] without the CPU plan: the per-op path, which the plan's tests
@@ -574,7 +598,7 @@ impl ResNetTweaksTsm {
 
     /// The CPU plan of this fused backbone, `None` where it does not fit.
     #[cfg(target_arch = "x86_64")]
-    fn cpu_plan(&self) -> Result<Option<CpuPlan>> {
+    fn cpu_plan(&self, kernel: Kernel) -> Result<Option<CpuPlan>> {
         let stem: Option<Vec<ConvDesc>> = self.stem.iter().map(ConvBn::plan_desc).collect();
         let blocks: Option<Vec<BlockDesc>> = self
             .block_convs()
@@ -597,7 +621,7 @@ impl ResNetTweaksTsm {
             return Ok(None);
         };
         let shift = self.shift.ratio.map(|r| (self.shift.num_seg, r));
-        CpuPlan::new(&stem, &blocks, shift)
+        CpuPlan::new(&stem, &blocks, shift, kernel)
     }
 
     pub(crate) fn params(&self, out: &mut Vec<Param>) {
@@ -675,7 +699,7 @@ impl ResNetTweaksTsm {
     ) -> Result<Tensor> {
         #[cfg(target_arch = "x86_64")]
         if let Some(plan) = &self.plan {
-            if !train && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            if !train && x.device().is_cpu() && x.dtype() == plan.dtype() {
                 return plan.forward(x, rec);
             }
         }

@@ -1,14 +1,16 @@
-//! The blocked-layout kernels of the CPU inference plan (x86-64 with AVX2 and FMA).
+//! The blocked-layout kernels of the CPU inference plan (x86-64 with AVX2 and FMA, or
+//! AVX-512, or AVX-512 BF16).
 //!
-//! Activations are [`Blocked`]: `[frames][C/8][H+2][W+2][8]`, the 8 channels of a pixel in one
-//! 256-bit register, each plane framed by a one-pixel zero border that is the 3x3 convs'
-//! padding. A convolution is a register tile of 5 output pixels x 16 output channels (10
-//! accumulators) that takes, per input channel, two loads of pre-packed weights and 5
-//! broadcasts from a panel: the tile's input pixels for every tap and channel, packed once per
-//! task into a buffer that stays in L2 while every output tile of the task reads it. (With 6
-//! pixels, 12 accumulators, LLVM spills one of them on every step: measured slower.) Bias, the
-//! residual add, the leaky ReLU and the temporal shift are folded into that pass: the shift
-//! only changes which frame the packing reads each input channel from.
+//! Activations are [`Blocked`]: `[frames][C/8][H+2][W+2][8]` f32, the 8 channels of a pixel in
+//! one 256-bit register, each plane framed by a one-pixel zero border that is the 3x3 convs'
+//! padding. A convolution is a register tile of output pixels x output channels (see
+//! [`Kernel`]) that takes, per input channel, one load of pre-packed weights per 16 output
+//! channels and one broadcast per pixel from a panel: the tile's input pixels for every tap and
+//! channel, packed once per task into a buffer that stays in L2 while every output tile of the
+//! task reads it. The bf16 kernel packs its panels (and its weights) as bf16, and sums in f32:
+//! activations between layers stay f32. Bias, the residual add, the leaky ReLU and the temporal
+//! shift are folded into that pass: the shift only changes which frame the packing reads each
+//! input channel from.
 
 use std::arch::x86_64::*;
 
@@ -18,15 +20,8 @@ use crate::ops::LEAKY_SLOPE;
 
 /// Channels per block: one AVX register of f32.
 pub(super) const LANES: usize = 8;
-/// Output channels per register tile (two blocks).
+/// Output channels per output tile (two blocks); the weights are packed in these.
 pub(super) const OUT_TILE: usize = 16;
-/// Output pixels per register tile.
-const PIX_TILE: usize = 5;
-
-/// Whether this CPU runs the kernels.
-pub(super) fn supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
 
 /// Activations of `n` frames of `cb` channel blocks, `h x w`, in the blocked layout with a
 /// zero border (see the module docs). Only the interior is data; the border is kept zero.
@@ -225,16 +220,128 @@ fn pool(
         });
 }
 
+/// The microkernel of a plan: what its weights and panels hold and which instructions multiply
+/// them. Picked once per plan from the weights' dtype and this CPU (see [`Kernel::for_dtype`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// f32, AVX2 + FMA: 5 pixels x 16 output channels.
+    F32Avx2,
+    /// f32, AVX-512: 12 pixels x 32 output channels, the broadcasts folded into the FMAs.
+    F32Avx512,
+    /// bf16 weights and inputs, products summed in f32 (AVX-512 BF16's `vdpbf16ps`: two
+    /// input channels per instruction and lane): 12 pixels x 32 output channels.
+    Bf16Avx512,
+}
+
+/// What [`Kernel::for_dtype`] found missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoKernel {
+    /// The dtype has no kernel at all (f16, f64).
+    Dtype,
+    /// This CPU lacks the named instructions.
+    Cpu(&'static str),
+}
+
+impl Kernel {
+    /// Every kernel, fastest first within a dtype.
+    #[cfg(test)]
+    pub(crate) const ALL: [Kernel; 3] = [Kernel::F32Avx512, Kernel::F32Avx2, Kernel::Bf16Avx512];
+
+    /// The fastest kernel for weights of `dtype` on this CPU.
+    pub(crate) fn for_dtype(dtype: candle_core::DType) -> Result<Self, NoKernel> {
+        let found = match dtype {
+            candle_core::DType::F32 => [Kernel::F32Avx512, Kernel::F32Avx2]
+                .into_iter()
+                .find(|k| k.runs_here()),
+            candle_core::DType::BF16 => Some(Kernel::Bf16Avx512).filter(|k| k.runs_here()),
+            _ => return Err(NoKernel::Dtype),
+        };
+        found.ok_or(NoKernel::Cpu(match dtype {
+            candle_core::DType::BF16 => "avx512_bf16",
+            _ => "avx2 and fma",
+        }))
+    }
+
+    /// Whether this CPU has the kernel's instructions.
+    pub(crate) fn runs_here(self) -> bool {
+        let avx512 = || {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bw")
+        };
+        match self {
+            Kernel::F32Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Kernel::F32Avx512 => avx512(),
+            Kernel::Bf16Avx512 => avx512() && is_x86_feature_detected!("avx512bf16"),
+        }
+    }
+
+    /// Output pixels per register tile.
+    fn pixels(self) -> usize {
+        match self {
+            Kernel::F32Avx2 => AVX2_PIXELS,
+            Kernel::F32Avx512 | Kernel::Bf16Avx512 => AVX512_PIXELS,
+        }
+    }
+
+    /// 16-channel output tiles per register tile.
+    fn out_tiles(self) -> usize {
+        match self {
+            Kernel::F32Avx2 => 1,
+            Kernel::F32Avx512 | Kernel::Bf16Avx512 => 2,
+        }
+    }
+}
+
+/// Output pixels per AVX2 register tile: 5 x 2 accumulators. (With 6, 12 accumulators, LLVM
+/// spills one of them on every step: measured slower.)
+const AVX2_PIXELS: usize = 5;
+/// Output pixels per AVX-512 register tile: 12 x 2 accumulators and 2 weight registers of 32.
+const AVX512_PIXELS: usize = 12;
+
 /// A convolution with its BN folded in, weights packed for the register tile:
-/// `[cout/16][cin_blocks][k*k][8 input channels][16 output channels]`.
+/// `[cout/16][cin_blocks][k*k][8 input channels][16 output channels]` in f32, and for bf16
+/// the same with each pair of input channels interleaved per output channel
+/// (`[..][4 pairs][16 output channels][2]`, the operand order of `vdpbf16ps`).
 pub(super) struct PackedConv {
     pub(super) cin: usize,
     pub(super) cout: usize,
     pub(super) k: usize,
     pub(super) stride: usize,
     pub(super) pad: usize,
-    weights: Vec<f32>,
+    kernel: Kernel,
+    weights: Weights,
     bias: Vec<f32>,
+}
+
+enum Weights {
+    F32(Vec<f32>),
+    /// bf16 bit patterns.
+    Bf16(Vec<u16>),
+}
+
+/// An element of a packed input panel: f32, or bf16 bits for the bf16 kernel.
+trait PanelElem: TileKernel + Copy + Default + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+}
+
+impl PanelElem for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl PanelElem for u16 {
+    /// Round to nearest even, as `vcvtneps2bf16` does (NaNs stay NaNs).
+    fn from_f32(v: f32) -> Self {
+        let b = v.to_bits();
+        if v.is_nan() {
+            ((b >> 16) | 0x40) as u16
+        } else {
+            ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+        }
+    }
 }
 
 /// Where each input channel of a frame is read from: the frame itself, or (the temporal
@@ -287,9 +394,15 @@ impl BlockSources {
 }
 
 impl PackedConv {
-    /// Packs `w [cout, cin, k, k]` (row-major) and `bias [cout]`; `cout` must be a multiple of
-    /// 16 (input channels are zero-padded to whole blocks).
-    pub(super) fn new(w: &[f32], bias: &[f32], dims: [usize; 4], stride: usize) -> Self {
+    /// Packs `w [cout, cin, k, k]` (row-major) and `bias [cout]` for `kernel`; `cout` must be
+    /// a multiple of 16 (input channels are zero-padded to whole blocks).
+    pub(super) fn new(
+        w: &[f32],
+        bias: &[f32],
+        dims: [usize; 4],
+        stride: usize,
+        kernel: Kernel,
+    ) -> Self {
         let [cout, cin, k, k2] = dims;
         assert!(
             k == k2 && cout.is_multiple_of(OUT_TILE) && w.len() == cout * cin * k * k,
@@ -298,26 +411,46 @@ impl PackedConv {
         assert_eq!(bias.len(), cout, "packed conv: bias length");
         let cb = cin.div_ceil(LANES);
         let kk = k * k;
-        let mut weights = vec![0.0; cout / OUT_TILE * cb * kk * LANES * OUT_TILE];
+        let mut packed = vec![0.0; cout / OUT_TILE * cb * kk * LANES * OUT_TILE];
         for (o, filter) in w.chunks_exact(cin * kk).enumerate() {
             let (ob, oc) = (o / OUT_TILE, o % OUT_TILE);
             for (c, taps) in filter.chunks_exact(kk).enumerate() {
                 let (ib, ic) = (c / LANES, c % LANES);
                 for (kp, &v) in taps.iter().enumerate() {
                     let i = (((ob * cb + ib) * kk + kp) * LANES + ic) * OUT_TILE + oc;
-                    weights[i] = v;
+                    packed[i] = v;
                 }
             }
         }
+        let weights = match kernel {
+            Kernel::F32Avx2 | Kernel::F32Avx512 => Weights::F32(packed),
+            Kernel::Bf16Avx512 => Weights::Bf16(
+                packed
+                    .chunks_exact(LANES * OUT_TILE)
+                    .flat_map(|step| {
+                        // [ic][oc] -> [ic / 2][oc][ic % 2]
+                        (0..LANES * OUT_TILE).map(|i| {
+                            let (pair, oc, e) = (i / (2 * OUT_TILE), i / 2 % OUT_TILE, i % 2);
+                            u16::from_f32(step[(2 * pair + e) * OUT_TILE + oc])
+                        })
+                    })
+                    .collect(),
+            ),
+        };
         Self {
             cin,
             cout,
             k,
             stride,
             pad: (k - 1) / 2,
+            kernel,
             weights,
             bias: bias.to_vec(),
         }
+    }
+
+    pub(super) fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Output size for an input of `n`.
@@ -329,6 +462,21 @@ impl PackedConv {
     /// `sources` (the temporal shift) says which frame each input block is read from.
     pub(super) fn run(
         &self,
+        x: &Blocked,
+        sources: Option<BlockSources>,
+        residual: Option<&Blocked>,
+        act: bool,
+        out: &mut Blocked,
+    ) {
+        match &self.weights {
+            Weights::F32(w) => self.run_with(w, x, sources, residual, act, out),
+            Weights::Bf16(w) => self.run_with(w, x, sources, residual, act, out),
+        }
+    }
+
+    fn run_with<E: PanelElem>(
+        &self,
+        weights: &[E],
         x: &Blocked,
         sources: Option<BlockSources>,
         residual: Option<&Blocked>,
@@ -360,14 +508,16 @@ impl PackedConv {
             x.n.is_multiple_of(sources.num_seg),
             "packed conv: partial clip"
         );
+        let (pix, nt) = (self.kernel.pixels(), self.kernel.out_tiles());
         let obs = self.cout / OUT_TILE;
-        // tasks: (frame, group of output tiles); enough of them to keep every thread busy
+        // tasks: (frame, group of output tiles); enough of them to keep every thread busy,
+        // each group whole register tiles
         let threads = rayon::current_num_threads();
         let groups = (2 * threads).div_ceil(x.n.max(1)).clamp(1, obs);
-        let per_group = obs.div_ceil(groups);
+        let per_group = obs.div_ceil(groups).next_multiple_of(nt);
         let frame_len = out.cb * po.len();
         let k = x.cb * self.k * self.k * LANES;
-        let tiles_per_panel = (PANEL_BYTES / (k * PIX_TILE * 4)).max(1);
+        let tiles_per_panel = (PANEL_BYTES / (k * pix * size_of::<E>())).max(1);
         let slope = act.then_some(LEAKY_SLOPE as f32);
         out.buf_mut()
             .par_chunks_mut(frame_len)
@@ -385,27 +535,33 @@ impl PackedConv {
                     po.zero_border(plane);
                 }
                 let pixels = po.h * po.w;
-                let tiles = pixels.div_ceil(PIX_TILE);
-                with_panel(tiles_per_panel.min(tiles) * k * PIX_TILE, |panel| {
+                let tiles = pixels.div_ceil(pix);
+                with_panel(tiles_per_panel.min(tiles) * k * pix, |panel: &mut [E]| {
                     for t0 in (0..tiles).step_by(tiles_per_panel) {
                         let t1 = (t0 + tiles_per_panel).min(tiles);
                         for t in t0..t1 {
-                            let tile = &mut panel[(t - t0) * k * PIX_TILE..][..k * PIX_TILE];
-                            self.pack(x, &reads, t * PIX_TILE, pixels, (pi, po), tile);
+                            let tile = &mut panel[(t - t0) * k * pix..][..k * pix];
+                            self.pack(x, &reads, t * pix, pixels, (pi, po), tile);
                         }
-                        for (i, out_tile) in dst.chunks_exact_mut(2 * po.len()).enumerate() {
-                            let ob = ob0 + i;
+                        // register tiles of `nt` output tiles (one fewer at an odd end)
+                        let span = nt * 2 * po.len();
+                        for (i, out_tiles) in dst.chunks_mut(span).enumerate() {
+                            let ob = ob0 + i * nt;
+                            let n = out_tiles.len() / (2 * po.len());
                             let job = Job {
-                                weights: &self.weights[ob * k * OUT_TILE..][..k * OUT_TILE],
-                                bias: &self.bias[ob * OUT_TILE..][..OUT_TILE],
-                                residual: residual.map(|r| &r[i * 2 * po.len()..][..2 * po.len()]),
+                                weights: &weights[ob * k * OUT_TILE..][..n * k * OUT_TILE],
+                                bias: &self.bias[ob * OUT_TILE..][..n * OUT_TILE],
+                                residual: residual.map(|r| &r[i * span..][..out_tiles.len()]),
                                 slope,
                                 po,
                             };
                             for t in t0..t1 {
-                                let tile = &panel[(t - t0) * k * PIX_TILE..][..k * PIX_TILE];
-                                // SAFETY: `supported()` is checked before a plan is built.
-                                unsafe { job.tile(t * PIX_TILE, pixels, tile, out_tile) }
+                                let tile = &panel[(t - t0) * k * pix..][..k * pix];
+                                let px = (pixels - t * pix).min(pix);
+                                // SAFETY: the plan checked `runs_here()` of this kernel.
+                                unsafe {
+                                    E::tile(self.kernel, &job, t * pix, px, n, tile, out_tiles)
+                                }
                             }
                         }
                     }
@@ -413,30 +569,31 @@ impl PackedConv {
             });
     }
 
-    /// The panel of output pixels `p0..p0 + PIX_TILE` (fewer at the end): for each input
+    /// The panel of output pixels `p0..p0 + pixels()` (fewer at the end): for each input
     /// block, tap and pixel, the 8 channels the conv multiplies, in the weights' order
     /// `[block][tap][pixel][8]`. Channels that the shift leaves empty are zeros.
-    fn pack(
+    fn pack<E: PanelElem>(
         &self,
         x: &Blocked,
         reads: &[Source],
         p0: usize,
         pixels: usize,
         (pi, po): (Plane, Plane),
-        panel: &mut [f32],
+        panel: &mut [E],
     ) {
         let kk = self.k * self.k;
+        let pix = self.kernel.pixels();
         let complete = reads.len() == x.cb && reads.iter().all(|r| (r.lo, r.hi) == (0, LANES));
         if !complete {
             // blocks or lanes the shift leaves empty (pixels past the end need no zeros: their
             // sums are never stored)
-            panel.fill(0.0);
+            panel.fill(E::default());
         }
-        let npx = PIX_TILE.min(pixels - p0);
+        let npx = pix.min(pixels - p0);
         let origin = 1 - self.pad;
         // offset in a plane of each pixel's tap (0, 0) (padded coordinates: the border is the
         // padding)
-        let at: [usize; PIX_TILE] = std::array::from_fn(|j| {
+        let at: [usize; AVX512_PIXELS] = std::array::from_fn(|j| {
             let q = (p0 + j).min(pixels - 1);
             let (oy, ox) = (q / po.w, q % po.w);
             ((oy * self.stride + origin) * pi.wp() + ox * self.stride + origin) * LANES
@@ -446,15 +603,19 @@ impl PackedConv {
             let plane = &x.buf()[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
             let full = (r.lo, r.hi) == (0, LANES);
             for (tap, (kh, kw)) in taps.clone().enumerate() {
-                let dst = &mut panel[(r.block * kk + tap) * PIX_TILE * LANES..][..PIX_TILE * LANES];
+                let dst = &mut panel[(r.block * kk + tap) * pix * LANES..][..pix * LANES];
                 let d = (kh * pi.wp() + kw) * LANES;
                 for (px, &o) in dst.chunks_exact_mut(LANES).zip(&at).take(npx) {
                     let src = &plane[o + d..o + d + LANES];
                     if full {
-                        // a fixed-size copy: two moves, not a call
-                        px.copy_from_slice(src);
+                        // a fixed-size loop: two moves (f32) or a few vector ops (bf16)
+                        for (v, &s) in px.iter_mut().zip(src) {
+                            *v = E::from_f32(s);
+                        }
                     } else {
-                        px[r.lo..r.hi].copy_from_slice(&src[r.lo..r.hi]);
+                        for (v, &s) in px[r.lo..r.hi].iter_mut().zip(&src[r.lo..r.hi]) {
+                            *v = E::from_f32(s);
+                        }
                     }
                 }
             }
@@ -467,66 +628,174 @@ impl PackedConv {
 const PANEL_BYTES: usize = 160 << 10;
 
 /// Runs `f` on this thread's panel buffer of `len` elements (kept between calls).
-fn with_panel<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+fn with_panel<E: PanelElem, R>(len: usize, f: impl FnOnce(&mut [E]) -> R) -> R {
     thread_local! {
         static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    const { assert!(size_of::<E>() <= size_of::<f32>() && align_of::<E>() <= align_of::<f32>()) };
+    let words = (len * size_of::<E>()).div_ceil(size_of::<f32>());
+    let as_elems = |buf: &mut [f32]| {
+        // SAFETY: `E` is f32 or u16 (the trait is private), for which every bit pattern is a
+        // value; it is no larger nor more aligned than f32 (checked above), and `buf` holds at
+        // least `len` of them.
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<E>(), len) }
+    };
     PANEL.with(|p| match p.try_borrow_mut() {
         Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
+            if buf.len() < words {
+                buf.resize(words, 0.0);
             }
-            f(&mut buf[..len])
+            f(as_elems(&mut buf[..words]))
         }
         // in use further up this thread's stack (rayon ran another task here while waiting)
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(as_elems(&mut vec![0.0; words])),
     })
 }
 
-/// One output tile (16 channels, both blocks) of a task.
-struct Job<'a> {
-    /// `[k][16]`, in the panel's order.
-    weights: &'a [f32],
+/// One register tile's output tiles (1 or 2 of 16 channels, two blocks each) of a task.
+struct Job<'a, E> {
+    /// `[tiles][k][16]`, in the panel's order.
+    weights: &'a [E],
     bias: &'a [f32],
-    /// The residual's two planes for this output tile.
+    /// The residual's planes for these output tiles.
     residual: Option<&'a [f32]>,
     slope: Option<f32>,
     po: Plane,
 }
 
-impl Job<'_> {
-    /// Output pixels `p0..p0 + PIX_TILE` (fewer at the end) from their panel, into `dst` (the two
-    /// output planes).
+/// The register tiles of an element type's kernels.
+trait TileKernel: Sized {
+    /// Output pixels `p0..p0 + px` of `nt` output tiles from their panel, into `dst` (their
+    /// planes).
+    ///
+    /// # Safety
+    /// The CPU has `kernel`'s instructions, and `kernel` takes panels of `Self`.
+    unsafe fn tile(
+        kernel: Kernel,
+        job: &Job<Self>,
+        p0: usize,
+        px: usize,
+        nt: usize,
+        panel: &[Self],
+        dst: &mut [f32],
+    );
+}
+
+/// `$body::<PIXELS, TILES>` for the runtime `(px, nt)`: one instance per width, so a short
+/// last tile does no more work than its pixels.
+macro_rules! dispatch {
+    ($f:ident, $job:expr, $p0:expr, $px:expr, $nt:expr, $panel:expr, $dst:expr; $($w:literal)*) => {
+        match ($px, $nt) {
+            $(($w, 1) => $job.$f::<$w, 1>($p0, $panel, $dst),
+              ($w, _) => $job.$f::<$w, 2>($p0, $panel, $dst),)*
+            _ => unreachable!("register tile of {} pixels", $px),
+        }
+    };
+}
+
+impl TileKernel for f32 {
+    unsafe fn tile(
+        kernel: Kernel,
+        job: &Job<f32>,
+        p0: usize,
+        px: usize,
+        nt: usize,
+        panel: &[f32],
+        dst: &mut [f32],
+    ) {
+        // SAFETY (all arms): the caller checked the kernel's instructions.
+        unsafe {
+            match kernel {
+                Kernel::F32Avx2 => job.tile_avx2(p0, px, panel, dst),
+                Kernel::F32Avx512 => dispatch!(tile_avx512, job, p0, px, nt, panel, dst;
+                    1 2 3 4 5 6 7 8 9 10 11 12),
+                Kernel::Bf16Avx512 => unreachable!("bf16 kernel with f32 panels"),
+            }
+        }
+    }
+}
+
+impl TileKernel for u16 {
+    unsafe fn tile(
+        kernel: Kernel,
+        job: &Job<u16>,
+        p0: usize,
+        px: usize,
+        nt: usize,
+        panel: &[u16],
+        dst: &mut [f32],
+    ) {
+        assert_eq!(kernel, Kernel::Bf16Avx512, "an f32 kernel with bf16 panels");
+        // SAFETY: the caller checked the kernel's instructions.
+        unsafe { dispatch!(tile_bf16, job, p0, px, nt, panel, dst; 1 2 3 4 5 6 7 8 9 10 11 12) }
+    }
+}
+
+impl<E> Job<'_, E> {
+    /// Stores 8 sums of output pixel `q` (plane offset of block `block` of these output
+    /// tiles), adding the residual and applying the activation.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn store(&self, q: usize, block: usize, sums: __m256, dst: &mut [f32]) {
+        let o = block * self.po.len() + self.po.at(q / self.po.w, q % self.po.w);
+        let mut v = sums;
+        if let Some(r) = self.residual {
+            v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(r[o..o + LANES].as_ptr()) });
+        }
+        if let Some(s) = self.slope {
+            v = _mm256_max_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(s)));
+        }
+        unsafe { _mm256_storeu_ps(dst[o..o + LANES].as_mut_ptr(), v) };
+    }
+
+    /// Stores the 16 sums of output tile `tile` for output pixel `q` (its two blocks).
+    #[target_feature(enable = "avx512f,avx512dq")]
+    #[inline]
+    fn store16(&self, q: usize, tile: usize, sums: __m512, dst: &mut [f32]) {
+        self.store(q, 2 * tile, _mm512_castps512_ps256(sums), dst);
+        self.store(q, 2 * tile + 1, _mm512_extractf32x8_ps::<1>(sums), dst);
+    }
+
+    /// The bias of output tile `t` in one register.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn bias16(&self, t: usize) -> __m512 {
+        unsafe { _mm512_loadu_ps(self.bias[t * OUT_TILE..][..OUT_TILE].as_ptr()) }
+    }
+}
+
+impl Job<'_, f32> {
+    /// One output tile (16 channels), pixels `p0..p0 + px` (`px <= 5`), AVX2.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile(&self, p0: usize, pixels: usize, panel: &[f32], dst: &mut [f32]) {
-        match pixels - p0 {
-            1 => self.tile_n::<1>(p0, panel, dst),
-            2 => self.tile_n::<2>(p0, panel, dst),
-            3 => self.tile_n::<3>(p0, panel, dst),
-            4 => self.tile_n::<4>(p0, panel, dst),
-            _ => self.tile_n::<PIX_TILE>(p0, panel, dst),
+    unsafe fn tile_avx2(&self, p0: usize, px: usize, panel: &[f32], dst: &mut [f32]) {
+        match px {
+            1 => self.tile_avx2_n::<1>(p0, panel, dst),
+            2 => self.tile_avx2_n::<2>(p0, panel, dst),
+            3 => self.tile_avx2_n::<3>(p0, panel, dst),
+            4 => self.tile_avx2_n::<4>(p0, panel, dst),
+            _ => self.tile_avx2_n::<AVX2_PIXELS>(p0, panel, dst),
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn tile_n<const TW: usize>(&self, p0: usize, panel: &[f32], dst: &mut [f32]) {
+    fn tile_avx2_n<const TW: usize>(&self, p0: usize, panel: &[f32], dst: &mut [f32]) {
         let k = self.weights.len() / OUT_TILE;
-        assert!(panel.len() >= k * PIX_TILE && self.bias.len() == OUT_TILE);
+        assert!(panel.len() >= k * AVX2_PIXELS && self.bias.len() == OUT_TILE);
         let b0 = unsafe { _mm256_loadu_ps(self.bias.as_ptr()) };
         let b1 = unsafe { _mm256_loadu_ps(self.bias.as_ptr().add(LANES)) };
         let mut acc = [[b0, b1]; TW];
         for (wb, xb) in self
             .weights
             .chunks_exact(LANES * OUT_TILE)
-            .zip(panel.chunks_exact(LANES * PIX_TILE))
+            .zip(panel.chunks_exact(LANES * AVX2_PIXELS))
         {
             let (w, x) = (wb.as_ptr(), xb.as_ptr());
             for ic in 0..LANES {
-                // SAFETY: `w` holds 8 x 16 weights and `x` PIX_TILE x 8 values (the zips' chunks).
+                // SAFETY: `w` holds 8 x 16 weights and `x` 5 x 8 values (the zips' chunks).
                 let (w0, w1) = unsafe {
                     (
                         _mm256_loadu_ps(w.add(ic * OUT_TILE)),
@@ -540,20 +809,99 @@ impl Job<'_> {
                 }
             }
         }
-        let plane = self.po.len();
         for (j, acc) in acc.iter().enumerate() {
-            let q = p0 + j;
-            let at = self.po.at(q / self.po.w, q % self.po.w);
-            for (half, &a) in acc.iter().enumerate() {
-                let o = half * plane + at;
-                let mut v = a;
-                if let Some(r) = self.residual {
-                    v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(r[o..o + LANES].as_ptr()) });
+            for (block, &a) in acc.iter().enumerate() {
+                self.store(p0 + j, block, a, dst);
+            }
+        }
+    }
+
+    /// `NT` output tiles (16 channels each), pixels `p0..p0 + TW`, AVX-512.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw")]
+    #[inline]
+    fn tile_avx512<const TW: usize, const NT: usize>(
+        &self,
+        p0: usize,
+        panel: &[f32],
+        dst: &mut [f32],
+    ) {
+        let tile_len = self.weights.len() / NT;
+        let steps = tile_len / (LANES * OUT_TILE);
+        assert!(
+            panel.len() >= steps * LANES * AVX512_PIXELS
+                && self.bias.len() == NT * OUT_TILE
+                && TW <= AVX512_PIXELS
+        );
+        let bias: [__m512; NT] = std::array::from_fn(|t| self.bias16(t));
+        let mut acc = [bias; TW];
+        let (w, x) = (self.weights.as_ptr(), panel.as_ptr());
+        for step in 0..steps {
+            for ic in 0..LANES {
+                // SAFETY: within the lengths asserted above: tile t's weights are
+                // `tile_len` long, each step 8 x 16 of them and 12 x 8 panel values.
+                let wv: [__m512; NT] = std::array::from_fn(|t| unsafe {
+                    _mm512_loadu_ps(w.add(t * tile_len + (step * LANES + ic) * OUT_TILE))
+                });
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let v =
+                        unsafe { _mm512_set1_ps(*x.add((step * AVX512_PIXELS + j) * LANES + ic)) };
+                    for (a, &wv) in a.iter_mut().zip(&wv) {
+                        *a = _mm512_fmadd_ps(wv, v, *a);
+                    }
                 }
-                if let Some(s) = self.slope {
-                    v = _mm256_max_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(s)));
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            for (t, &a) in acc.iter().enumerate() {
+                self.store16(p0 + j, t, a, dst);
+            }
+        }
+    }
+}
+
+impl Job<'_, u16> {
+    /// `NT` output tiles (16 channels each), pixels `p0..p0 + TW`, AVX-512 BF16: each
+    /// `vdpbf16ps` adds two input channels' products to 16 f32 sums.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx512bf16")]
+    #[inline]
+    fn tile_bf16<const TW: usize, const NT: usize>(
+        &self,
+        p0: usize,
+        panel: &[u16],
+        dst: &mut [f32],
+    ) {
+        let tile_len = self.weights.len() / NT;
+        let steps = tile_len / (LANES * OUT_TILE);
+        assert!(
+            panel.len() >= steps * LANES * AVX512_PIXELS
+                && self.bias.len() == NT * OUT_TILE
+                && TW <= AVX512_PIXELS
+        );
+        let bias: [__m512; NT] = std::array::from_fn(|t| self.bias16(t));
+        let mut acc = [bias; TW];
+        let (w, x) = (self.weights.as_ptr(), panel.as_ptr());
+        for step in 0..steps {
+            for pair in 0..LANES / 2 {
+                // SAFETY: as in `tile_avx512`, with 4 pairs x 16 x 2 weights per step.
+                let wv: [__m512bh; NT] = std::array::from_fn(|t| unsafe {
+                    let p = w.add(t * tile_len + step * LANES * OUT_TILE + pair * 2 * OUT_TILE);
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast()))
+                });
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let v = unsafe {
+                        let p = x.add((step * AVX512_PIXELS + j) * LANES + 2 * pair);
+                        let pair_bits = p.cast::<i32>().read_unaligned();
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair_bits))
+                    };
+                    for (a, &wv) in a.iter_mut().zip(&wv) {
+                        *a = _mm512_dpbf16_ps(*a, wv, v);
+                    }
                 }
-                unsafe { _mm256_storeu_ps(dst[o..o + LANES].as_mut_ptr(), v) };
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            for (t, &a) in acc.iter().enumerate() {
+                self.store16(p0 + j, t, a, dst);
             }
         }
     }

@@ -1,8 +1,9 @@
-//! The fused backbone's forward on x86-64 CPUs with AVX2 and FMA: the whole network in one
-//! blocked layout, every step one pass over memory, buffers reused across calls.
+//! The fused backbone's forward on x86-64 CPUs (AVX2 and FMA, or AVX-512 for f32; AVX-512
+//! BF16 for bf16): the whole network in one blocked layout, every step one pass over memory,
+//! buffers reused across calls.
 //!
-//! Built by [`crate::resnet::ResNetTweaksTsm::fuse`] when the weights are f32 on the CPU and the
-//! network fits the kernels (1x1 and 3x3 convs, output channels in multiples of 16, input
+//! Built by [`crate::resnet::ResNetTweaksTsm::fuse`] when the weights are f32 or bf16 on the
+//! CPU, this CPU has a [`Kernel`] for them and the network fits the kernels (1x1 and 3x3 convs, output channels in multiples of 16, input
 //! channels in multiples of 8 after the stem); otherwise the fused model runs the per-op path (`ops`), which computes the same values.
 //! What it saves over that path (measured in `cargo xtask bench model`): the im2col and packing
 //! copies around each gemm, the NCHW round trip of each layer, the separate passes of the
@@ -21,6 +22,7 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 use crate::ops::shift_folds;
 use crate::resnet::Recorder;
 use kernels::{BlockSources, Blocked, PackedConv, LANES};
+pub(crate) use kernels::{Kernel, NoKernel};
 
 /// One conv of the plan.
 struct Conv {
@@ -47,6 +49,8 @@ pub(crate) struct CpuPlan {
     stem: Vec<Conv>,
     blocks: Vec<Block>,
     out_channels: usize,
+    /// The weights' dtype: the dtype of the feature maps it returns.
+    dtype: DType,
     arena: KeptArena,
 }
 
@@ -54,6 +58,7 @@ impl std::fmt::Debug for CpuPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuPlan")
             .field("blocks", &self.blocks.len())
+            .field("kernel", &self.stem.first().map(|c| c.packed.kernel()))
             .finish_non_exhaustive()
     }
 }
@@ -76,8 +81,8 @@ pub(crate) struct BlockDesc<'a> {
 impl Conv {
     /// `None` when the kernels cannot run this layer; `first`: the stem's first conv, whose
     /// input channels (3) are padded to a block.
-    fn new(d: &ConvDesc, first: bool) -> Result<Option<Self>> {
-        if d.weight.dtype() != DType::F32 || !d.weight.device().is_cpu() {
+    fn new(d: &ConvDesc, first: bool, kernel: Kernel) -> Result<Option<Self>> {
+        if !d.weight.device().is_cpu() {
             return Ok(None);
         }
         let (o, c, k, k2) = d.weight.dims4()?;
@@ -88,10 +93,14 @@ impl Conv {
         if !fits {
             return Ok(None);
         }
-        let w = d.weight.flatten_all()?.to_vec1::<f32>()?;
+        let w = d
+            .weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let b = d.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         Ok(Some(Self {
-            packed: PackedConv::new(&w, &b, [o, c, k, k], d.stride),
+            packed: PackedConv::new(&w, &b, [o, c, k, k], d.stride, kernel),
             act: d.act,
         }))
     }
@@ -114,8 +123,8 @@ impl Conv {
 
 /// The plan's conv for `d`, or `None` (return it) when the kernels cannot run it.
 macro_rules! conv_or_none {
-    ($d:expr, $first:expr) => {
-        match Conv::new($d, $first)? {
+    ($d:expr, $first:expr, $kernel:expr) => {
+        match Conv::new($d, $first, $kernel)? {
             Some(c) => c,
             None => return Ok(None),
         }
@@ -123,30 +132,32 @@ macro_rules! conv_or_none {
 }
 
 impl CpuPlan {
-    /// The plan of a fused backbone (stem convs, then blocks; `shift`: `(num_seg, ratio)`), or
-    /// `None` when this CPU or network does not fit the kernels.
+    /// The plan of a fused backbone (stem convs, then blocks; `shift`: `(num_seg, ratio)`)
+    /// with `kernel` (which must run on this CPU and take the weights' dtype), or `None` when
+    /// the network does not fit the kernels.
     pub(crate) fn new(
         stem: &[ConvDesc],
         blocks: &[BlockDesc],
         shift: Option<(usize, f64)>,
+        kernel: Kernel,
     ) -> Result<Option<Self>> {
-        if !kernels::supported() {
-            return Ok(None);
+        if !kernel.runs_here() {
+            candle_core::bail!("the CPU plan's {kernel:?} kernel does not run on this CPU")
         }
         let mut stem_convs = Vec::new();
         for (i, d) in stem.iter().enumerate() {
-            stem_convs.push(conv_or_none!(d, i == 0));
+            stem_convs.push(conv_or_none!(d, i == 0, kernel));
         }
         let mut plan_blocks = Vec::new();
         for b in blocks {
             let mut branch = Vec::new();
             for d in &b.branch {
-                branch.push(conv_or_none!(d, false));
+                branch.push(conv_or_none!(d, false, kernel));
             }
             let short = match &b.short {
                 None => Shortcut::Identity,
                 Some((d, pool_first)) => Shortcut::Conv {
-                    conv: conv_or_none!(d, false),
+                    conv: conv_or_none!(d, false, kernel),
                     pool_first: *pool_first,
                 },
             };
@@ -178,18 +189,29 @@ impl CpuPlan {
             stem: stem_convs,
             blocks: plan_blocks,
             out_channels,
+            dtype: match kernel {
+                Kernel::Bf16Avx512 => DType::BF16,
+                Kernel::F32Avx2 | Kernel::F32Avx512 => DType::F32,
+            },
             arena: KeptArena::default(),
         }))
     }
 
-    /// Feature maps `[n, C, h', w']` of frames `[n, 3, h, w]` (f32, on the CPU).
+    /// The weights' dtype, which the plan takes and returns.
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Feature maps `[n, C, h', w']` of frames `[n, 3, h, w]` (on the CPU, in the plan's
+    /// dtype).
     pub(crate) fn forward(&self, frames: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
         let (n, c, h, w) = frames.dims4()?;
         let cin = self.stem.first().map_or(0, |s| s.packed.cin);
         if c != cin {
             candle_core::bail!("frames have {c} channels, the model takes {cin}")
         }
-        let frames = frames.contiguous()?;
+        // the layers pass f32 activations (the bf16 kernel rounds them as it packs them)
+        let frames = frames.to_dtype(DType::F32)?.contiguous()?;
         let (storage, layout) = frames.storage_and_layout();
         let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
             (&*storage, layout.contiguous_offsets())
@@ -235,7 +257,7 @@ impl CpuPlan {
         let dims = (n, self.out_channels, cur.h, cur.w);
         pass.give(cur);
         self.arena.put(pass.arena);
-        Tensor::from_vec(maps, dims, frames.device())
+        Tensor::from_vec(maps, dims, frames.device())?.to_dtype(self.dtype)
     }
 }
 
