@@ -622,9 +622,9 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
                 format!("{:.2}", rss / p_rss),
             )
         });
-        // the engines' fastest median, f32 or not, as the bar for our row
+        // the fastest median of the engines that computed in f32, as the bar for our (f32) row
         let onnx_best = median_of(label, &|e: &str| {
-            e.contains("ONNX Runtime") || e.contains("OpenVINO")
+            (e.contains("ONNX Runtime") || e.contains("OpenVINO")) && e.contains("(ran f32)")
         });
         let vs_best = match onnx_best {
             Some(best) if engine == "tsm-rs" => format!("{:.2}x", speed / best),
