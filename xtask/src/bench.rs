@@ -509,6 +509,9 @@ impl ModelBench {
     }
 }
 
+/// The row of our bf16 inference (`model_bench --dtype bf16`).
+const TSM_BF16: &str = "tsm-rs, bf16";
+
 /// `--threads`, or all cores.
 fn thread_count(threads: Option<usize>) -> String {
     threads
@@ -518,8 +521,9 @@ fn thread_count(threads: Option<usize>) -> String {
 
 /// Runs the model benchmark and prints the table, then the per-layer profile of a batch-1 eval
 /// forward, ours against OpenVINO's ([`layer_profile`]). Each engine runs in its own process
-/// with the same thread count: Paddle, us, and our exported ONNX model in ONNX Runtime and in
-/// OpenVINO (fp32 hint, and its default precision, whichever that is here).
+/// with the same thread count: Paddle, us (f32, and in eval bf16 where this CPU has AVX-512
+/// BF16), and our exported ONNX model in ONNX Runtime and in OpenVINO (fp32 hint, and its
+/// default precision, whichever that is here).
 pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
@@ -572,6 +576,20 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
             if mode != "eval" {
                 continue;
             }
+            // bf16 where this CPU has the kernel's instructions; elsewhere model_bench says
+            // which it lacks, and the table says so
+            match measure(
+                Command::new(ours)
+                    .args(&args)
+                    .args(["--dtype", "bf16"])
+                    .env("RAYON_NUM_THREADS", &threads),
+            ) {
+                Ok(m) => record(label, TSM_BF16.into(), m),
+                Err(e) if format!("{e:#}").contains("which this CPU lacks") => {
+                    eprintln!("xtask: bench model: {TSM_BF16} not run: {e:#}");
+                }
+                Err(e) => return Err(e),
+            }
             for (engine, name) in [
                 ("onnxruntime", "ONNX Runtime, CPU EP"),
                 ("openvino-f32", "OpenVINO CPU, f32 hint"),
@@ -596,8 +614,8 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "| measurement | engine | clips/s | range | x Paddle | x fastest f32 engine | peak RSS MB | \
-         RSS x Paddle |\n|---|---|---:|---:|---:|---:|---:|---:|"
+        "| measurement | engine | clips/s | range | x Paddle | x fastest f32 engine | x OpenVINO \
+         default | peak RSS MB | RSS x Paddle |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let median_of = |label: &str, pick: &dyn Fn(&str) -> bool| -> Option<f64> {
         rows.iter()
@@ -630,9 +648,15 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
             Some(best) if engine == "tsm-rs" => format!("{:.2}x", speed / best),
             _ => "-".into(),
         };
+        // OpenVINO as it runs out of the box: the bar for our bf16 row
+        let ov_default = median_of(label, &|e: &str| e.starts_with("OpenVINO CPU, default"));
+        let vs_ov_default = match ov_default {
+            Some(ov) if engine == "tsm-rs" || engine == TSM_BF16 => format!("{:.2}x", speed / ov),
+            _ => "-".into(),
+        };
         println!(
             "| {label} | {engine} | {speed:.3} | {lo:.3}-{hi:.3} | {vs_paddle} | {vs_best} | \
-             {rss:.0} | {rss_ratio} |"
+             {vs_ov_default} | {rss:.0} | {rss_ratio} |"
         );
     }
     layer_profile(&bench, &threads, eval_iters)

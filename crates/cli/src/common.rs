@@ -287,14 +287,15 @@ impl ViewArgs {
 pub enum Precision {
     /// f32 weights and activations, on every device.
     F32,
-    /// bf16 weights and activations (on CUDA devices, through candle's bf16 kernels).
+    /// bf16 weights and products, sums in f32: on CUDA devices through candle's bf16 kernels,
+    /// on x86-64 CPUs with AVX-512 BF16 through tsm-model's own.
     Bf16,
 }
 
 /// How the model runs for scoring (predict, eval, timeline).
 #[derive(clap::Args, Debug, Clone)]
 pub struct InferenceArgs {
-    /// Weights and activations in `f32`, or `bf16` on a CUDA device (`--device cuda:N`).
+    /// Weights and activations in `f32`, or `bf16` (a CUDA device, or a CPU with avx512_bf16).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }
@@ -305,10 +306,13 @@ impl InferenceArgs {
         match self.precision {
             Precision::F32 => Ok(DType::F32),
             Precision::Bf16 if device.is_cuda() => Ok(DType::BF16),
-            Precision::Bf16 => bail!(
-                "--precision bf16 runs on CUDA devices (--device cuda:N); on the CPU tsm-cli \
-                 runs f32, which needs no flag (this build has no bf16 CPU kernels)"
-            ),
+            Precision::Bf16 => match tsm_model::missing_cpu_bf16_features() {
+                None => Ok(DType::BF16),
+                Some(needs) => bail!(
+                    "--precision bf16 on the CPU needs {needs}, which this CPU lacks; leave the \
+                     flag out to run f32 (or use --device cuda:N)"
+                ),
+            },
         }
     }
 }
@@ -428,10 +432,13 @@ mod tests {
     fn precisions() {
         let a = |precision| InferenceArgs { precision };
         assert_eq!(a(Precision::F32).dtype(&Device::Cpu).unwrap(), DType::F32);
-        let e = a(Precision::Bf16)
-            .dtype(&Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("--precision bf16 runs on CUDA devices"), "{e}");
+        let bf16 = a(Precision::Bf16).dtype(&Device::Cpu);
+        match tsm_model::missing_cpu_bf16_features() {
+            None => assert_eq!(bf16.unwrap(), DType::BF16),
+            Some(needs) => {
+                let e = bf16.unwrap_err().to_string();
+                assert!(e.contains(needs) && e.contains("leave the flag out"), "{e}");
+            }
+        }
     }
 }

@@ -126,8 +126,8 @@ fn check_error_output(out: &Output, args: &[&str], needles: &[&str]) {
     }
 }
 
-/// `predict --json --topk CLASSES` over `paths`: each line's object.
-fn predict_json(f: &Fixture, paths: &[&str]) -> (Output, Vec<Value>) {
+/// `predict --json --topk CLASSES [extra]` over `paths`: each line's object.
+fn predict_json(f: &Fixture, paths: &[&str], extra: &[&str]) -> (Output, Vec<Value>) {
     let mut args = vec![
         "predict",
         "--weights",
@@ -138,6 +138,7 @@ fn predict_json(f: &Fixture, paths: &[&str]) -> (Output, Vec<Value>) {
     ];
     args.extend(["--labels", s(&f.labels)]);
     args.extend(SIZES);
+    args.extend(extra);
     args.extend(paths);
     let out = tsm(&args);
     let rows = text(&out.stdout)
@@ -151,7 +152,7 @@ fn predict_json(f: &Fixture, paths: &[&str]) -> (Output, Vec<Value>) {
 fn predict_json_gives_a_full_softmax_per_video() {
     let f = fixture();
     let generated = f.path("generated");
-    let (out, rows) = predict_json(f, &[s(&generated), s(&media("bikes.mp4"))]);
+    let (out, rows) = predict_json(f, &[s(&generated), s(&media("bikes.mp4"))], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // The folder is walked recursively and sorted: a.avi, b.mp4, sub/c.mkv; then bikes.
     let paths: Vec<&str> = rows.iter().map(|r| r["path"].as_str().unwrap()).collect();
@@ -170,6 +171,46 @@ fn predict_json_gives_a_full_softmax_per_video() {
         let c = topk[0]["class"].as_u64().unwrap() as usize;
         let names = ["walking", "running, fast", "jumping", "sitting"];
         assert_eq!(topk[0]["label"], names[c]);
+    }
+}
+
+/// `--precision bf16` on the CPU: with AVX-512 BF16, each video's class scores within 1e-2 of
+/// f32's and the same top-1 class; without, a one-line error naming the missing instructions.
+#[test]
+fn predict_in_bf16_on_the_cpu() {
+    let f = fixture();
+    let paths: Vec<&str> = f.videos.iter().map(|(p, _)| s(p)).collect();
+    let (out, bf16) = predict_json(f, &paths, &["--precision", "bf16"]);
+    let stderr = text(&out.stderr);
+    if let Some(needs) = tsm_model::missing_cpu_bf16_features() {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(needs) && stderr.contains("leave the flag out"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, want) = predict_json(f, &paths, &[]);
+    assert_eq!(bf16.len(), paths.len());
+    // class -> score of a row
+    let scores = |row: &Value| {
+        let mut v = [0f64; CLASSES];
+        for t in row["topk"].as_array().unwrap() {
+            v[t["class"].as_u64().unwrap() as usize] = t["score"].as_f64().unwrap();
+        }
+        v
+    };
+    for (w, g) in want.iter().zip(&bf16) {
+        assert_eq!(w["path"], g["path"]);
+        assert_eq!(w["topk"][0]["class"], g["topk"][0]["class"], "{w}\n{g}");
+        let diff = scores(w)
+            .iter()
+            .zip(scores(g))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        assert!(diff <= 1e-2, "scores differ by {diff}: {w}\n{g}");
     }
 }
 
@@ -214,7 +255,7 @@ fn eval_top1_equals_a_hand_count_of_predict() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     let paths: Vec<&str> = f.videos.iter().map(|(p, _)| s(p)).collect();
-    let (_, rows) = predict_json(f, &paths);
+    let (_, rows) = predict_json(f, &paths, &[]);
     let hand = rows
         .iter()
         .zip(&f.videos)

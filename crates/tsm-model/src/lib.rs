@@ -68,6 +68,7 @@ pub use onnx::{
     ONNX_OPSETS,
 };
 pub use ops::temporal_shift;
+pub use resnet::missing_cpu_bf16_features;
 
 // The README's example is what a downstream crate writes: compiled with the doctests.
 #[doc = include_str!("../README.md")]

@@ -109,11 +109,15 @@ impl PpTsmHead {
         })
     }
 
-    /// Logits `[N, K]` from pooled features `[N, C]`.
+    /// Logits `[N, K]` from pooled features `[N, C]`, summed in f32 whatever the weights'
+    /// dtype (bf16 sums over 2048 features cost accuracy and no measurable time), in the
+    /// weights' dtype.
     pub(crate) fn classify(&self, features: &Tensor) -> Result<Tensor> {
-        features
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        f32(features)?
+            .matmul(&f32(&self.weight)?.t()?)?
+            .broadcast_add(&f32(&self.bias)?)?
+            .to_dtype(self.weight.dtype())
     }
 
     fn params(&self, out: &mut Vec<Param>) {
@@ -143,7 +147,8 @@ impl PpTsmHead {
 }
 
 /// `[N*T, C, h, w]` -> mean over h, w -> dropout (a keep-or-drop draw per frame and channel
-/// from `dropout`'s generator) -> `[N, T, C]` -> mean over T.
+/// from `dropout`'s generator) -> `[N, T, C]` -> mean over T, summed in f32 and returned in f32
+/// whatever the maps' dtype (in bf16 these means were the largest error after the convs').
 fn pool_features(
     maps: &Tensor,
     num_seg: usize,
@@ -153,14 +158,14 @@ fn pool_features(
     if !nt.is_multiple_of(num_seg) {
         candle_core::bail!("{nt} frames do not make whole clips of {num_seg}")
     }
-    let mut x = maps.mean((2, 3))?;
+    let mut x = maps.to_dtype(DType::F32)?.mean((2, 3))?;
     if let Some((p, rng)) = dropout.filter(|(p, _)| *p > 0.0) {
         // Inverted dropout as Paddle's `upscale_in_train`: kept features scaled by 1 / (1 - p).
         let keep = (1.0 / (1.0 - p)) as f32;
         let mask: Vec<f32> = (0..nt * c)
             .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
             .collect();
-        let mask = Tensor::from_vec(mask, (nt, c), x.device())?.to_dtype(x.dtype())?;
+        let mask = Tensor::from_vec(mask, (nt, c), x.device())?;
         x = (x * mask)?;
     }
     x.reshape((nt / num_seg, num_seg, c))?.mean(1)
@@ -372,7 +377,7 @@ impl Tsm {
     /// Pooled clip features `[N, C]` (C = 2048 or 512): what the fc sees, in eval mode.
     pub fn features(&self, clips: &Tensor) -> Result<Tensor> {
         let maps = self.backbone.forward_t(&self.frames(clips)?, false)?;
-        pool_features(&maps, self.cfg.num_seg, None)
+        pool_features(&maps, self.cfg.num_seg, None)?.to_dtype(self.dtype())
     }
 
     /// Eval-mode logits `[N, K]` (or pooled features `[N, C]` for a backbone without head).
@@ -389,10 +394,19 @@ impl Tsm {
             candle_core::bail!("a model fused for inference cannot run in training mode")
         }
         let maps = self.backbone.forward_t(&self.frames(clips)?, true)?;
-        let feats = pool_features(&maps, self.cfg.num_seg, Some((self.cfg.dropout, rng)))?;
+        self.logits(&pool_features(
+            &maps,
+            self.cfg.num_seg,
+            Some((self.cfg.dropout, rng)),
+        )?)
+    }
+
+    /// The head's logits of pooled features (f32), or, without a head, the features, in the
+    /// model's dtype.
+    fn logits(&self, feats: &Tensor) -> Result<Tensor> {
         match &self.head {
-            Some(h) => h.classify(&feats),
-            None => Ok(feats),
+            Some(h) => h.classify(feats),
+            None => feats.to_dtype(self.dtype()),
         }
     }
 
@@ -453,11 +467,7 @@ impl Tsm {
             &mut Recorder(Some(&mut profile)),
         )?;
         let t = std::time::Instant::now();
-        let feats = pool_features(&maps, self.cfg.num_seg, None)?;
-        let out = match &self.head {
-            Some(h) => h.classify(&feats)?,
-            None => feats,
-        };
+        let out = self.logits(&pool_features(&maps, self.cfg.num_seg, None)?)?;
         profile.push(("head (pool + fc)".into(), t.elapsed().as_secs_f64()));
         Ok((out, profile))
     }
@@ -484,11 +494,8 @@ impl ModuleT for Tsm {
         if train {
             return self.forward_train(clips, &mut rand::rng());
         }
-        let feats = self.features(clips)?;
-        match &self.head {
-            Some(h) => h.classify(&feats),
-            None => Ok(feats),
-        }
+        let maps = self.backbone.forward_t(&self.frames(clips)?, false)?;
+        self.logits(&pool_features(&maps, self.cfg.num_seg, None)?)
     }
 }
 

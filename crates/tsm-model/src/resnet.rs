@@ -16,6 +16,19 @@ use crate::model::{Param, ParamRole};
 use crate::ops::{add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1};
 use crate::ops::{conv2d, conv2d_bias};
 
+/// The instructions that bf16 inference on the CPU needs ([`crate::Tsm::fuse_for_inference`]
+/// of bf16 weights) and this CPU lacks; `None` when it has them.
+pub fn missing_cpu_bf16_features() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    return match Kernel::for_dtype(DType::BF16) {
+        Ok(_) => None,
+        Err(NoKernel::Cpu(needs)) => Some(needs),
+        Err(NoKernel::Dtype) => unreachable!("bf16 has a kernel"),
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    Some("x86-64 with avx512_bf16")
+}
+
 /// What a [`ConvBn`] computes: a `k x k` conv from `cin` to `cout` channels with `stride`
 /// and padding `(k - 1) / 2`, leaky ReLU after the BN unless `no_act`, a 2x2 average pool
 /// before the conv when `pool_first` (ResNet-D shortcuts).
@@ -538,24 +551,17 @@ impl ResNetTweaksTsm {
     /// (a CPU without AVX-512 BF16) this is an error, not the per-op path's far slower bf16.
     pub(crate) fn fuse(&self) -> Result<Self> {
         let fused = self.fuse_layers()?;
-        #[cfg(target_arch = "x86_64")]
-        if fused.stem[0].weight.device().is_cpu() {
-            match Kernel::for_dtype(fused.dtype()) {
-                Ok(kernel) => return fused.with_plan(kernel),
-                Err(NoKernel::Cpu(needs)) if fused.dtype() == DType::BF16 => {
-                    candle_core::bail!(
-                        "bf16 inference on the CPU needs {needs}, which this CPU lacks; \
-                         run in f32 instead"
-                    )
-                }
-                Err(_) => {}
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        if fused.dtype() == DType::BF16 && fused.stem[0].weight.device().is_cpu() {
+        let on_cpu = fused.stem[0].weight.device().is_cpu();
+        if let (DType::BF16, true, Some(needs)) =
+            (fused.dtype(), on_cpu, missing_cpu_bf16_features())
+        {
             candle_core::bail!(
-                "bf16 inference on the CPU needs x86-64 with avx512_bf16; run in f32 instead"
+                "bf16 inference on the CPU needs {needs}, which this CPU lacks; run in f32 instead"
             )
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Ok(kernel)) = (on_cpu, Kernel::for_dtype(fused.dtype())) {
+            return fused.with_plan(kernel);
         }
         Ok(fused)
     }

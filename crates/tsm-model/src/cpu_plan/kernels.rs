@@ -13,6 +13,8 @@
 //! input channel from.
 
 use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
@@ -323,24 +325,66 @@ enum Weights {
 
 /// An element of a packed input panel: f32, or bf16 bits for the bf16 kernel.
 trait PanelElem: TileKernel + Copy + Default + Send + Sync + 'static {
-    fn from_f32(v: f32) -> Self;
+    /// Runs `f` on the activations `x` as this type: `x` itself, or (bf16) a copy converted
+    /// once per conv, so that packing the panels (which reads each input up to 9 times) only
+    /// moves bits.
+    fn with_input<R>(x: &[f32], f: impl FnOnce(&[Self]) -> R) -> R;
 }
 
 impl PanelElem for f32 {
-    fn from_f32(v: f32) -> Self {
-        v
+    fn with_input<R>(x: &[f32], f: impl FnOnce(&[Self]) -> R) -> R {
+        f(x)
     }
 }
 
 impl PanelElem for u16 {
-    /// Round to nearest even, as `vcvtneps2bf16` does (NaNs stay NaNs).
-    fn from_f32(v: f32) -> Self {
-        let b = v.to_bits();
-        if v.is_nan() {
-            ((b >> 16) | 0x40) as u16
-        } else {
-            ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    fn with_input<R>(x: &[f32], f: impl FnOnce(&[Self]) -> R) -> R {
+        assert!(
+            Kernel::Bf16Avx512.runs_here(),
+            "bf16 panels without AVX-512 BF16"
+        );
+        with_scratch(&BF16_INPUT, x.len(), |dst: &mut [u16]| {
+            const CHUNK: usize = 1 << 14;
+            dst.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                // SAFETY: the CPU has AVX-512 BF16 (asserted above).
+                .for_each(|(d, s)| unsafe { to_bf16(s, d) });
+            f(dst)
+        })
+    }
+}
+
+/// Round to nearest even, as `vcvtneps2bf16` does (NaNs stay NaNs).
+fn bf16_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    if v.is_nan() {
+        ((b >> 16) | 0x40) as u16
+    } else {
+        ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    }
+}
+
+/// `dst = bf16(src)`, 16 values per `vcvtneps2bf16`.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len());
+    let mut d = dst.chunks_exact_mut(16);
+    let mut s = src.chunks_exact(16);
+    for (d, s) in (&mut d).zip(&mut s) {
+        // SAFETY: both chunks hold 16 values.
+        unsafe {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(s.as_ptr()));
+            _mm256_storeu_si256(
+                d.as_mut_ptr().cast(),
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
         }
+    }
+    for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = bf16_bits(s);
     }
 }
 
@@ -431,7 +475,7 @@ impl PackedConv {
                         // [ic][oc] -> [ic / 2][oc][ic % 2]
                         (0..LANES * OUT_TILE).map(|i| {
                             let (pair, oc, e) = (i / (2 * OUT_TILE), i / 2 % OUT_TILE, i % 2);
-                            u16::from_f32(step[(2 * pair + e) * OUT_TILE + oc])
+                            bf16_bits(step[(2 * pair + e) * OUT_TILE + oc])
                         })
                     })
                     .collect(),
@@ -519,62 +563,78 @@ impl PackedConv {
         let k = x.cb * self.k * self.k * LANES;
         let tiles_per_panel = (PANEL_BYTES / (k * pix * size_of::<E>())).max(1);
         let slope = act.then_some(LEAKY_SLOPE as f32);
-        out.buf_mut()
-            .par_chunks_mut(frame_len)
-            .enumerate()
-            .flat_map(|(frame, dst)| {
-                dst.par_chunks_mut(per_group * 2 * po.len())
-                    .enumerate()
-                    .map(move |(g, dst)| (frame, g * per_group, dst))
-            })
-            .for_each(|(frame, ob0, dst)| {
-                let reads = sources.of(frame, x.cb);
-                let residual = residual
-                    .map(|r| &r.buf()[frame * frame_len + ob0 * 2 * po.len()..][..dst.len()]);
-                for plane in dst.chunks_exact_mut(po.len()) {
-                    po.zero_border(plane);
-                }
-                let pixels = po.h * po.w;
-                let tiles = pixels.div_ceil(pix);
-                with_panel(tiles_per_panel.min(tiles) * k * pix, |panel: &mut [E]| {
-                    for t0 in (0..tiles).step_by(tiles_per_panel) {
-                        let t1 = (t0 + tiles_per_panel).min(tiles);
-                        for t in t0..t1 {
-                            let tile = &mut panel[(t - t0) * k * pix..][..k * pix];
-                            self.pack(x, &reads, t * pix, pixels, (pi, po), tile);
-                        }
-                        // register tiles of `nt` output tiles (one fewer at an odd end)
-                        let span = nt * 2 * po.len();
-                        for (i, out_tiles) in dst.chunks_mut(span).enumerate() {
-                            let ob = ob0 + i * nt;
-                            let n = out_tiles.len() / (2 * po.len());
-                            let job = Job {
-                                weights: &weights[ob * k * OUT_TILE..][..n * k * OUT_TILE],
-                                bias: &self.bias[ob * OUT_TILE..][..n * OUT_TILE],
-                                residual: residual.map(|r| &r[i * span..][..out_tiles.len()]),
-                                slope,
-                                po,
-                            };
-                            for t in t0..t1 {
-                                let tile = &panel[(t - t0) * k * pix..][..k * pix];
-                                let px = (pixels - t * pix).min(pix);
-                                // SAFETY: the plan checked `runs_here()` of this kernel.
-                                unsafe {
-                                    E::tile(self.kernel, &job, t * pix, px, n, tile, out_tiles)
+        E::with_input(x.buf(), |xs| {
+            out.buf_mut()
+                .par_chunks_mut(frame_len)
+                .enumerate()
+                .flat_map(|(frame, dst)| {
+                    dst.par_chunks_mut(per_group * 2 * po.len())
+                        .enumerate()
+                        .map(move |(g, dst)| (frame, g * per_group, dst))
+                })
+                .for_each(|(frame, ob0, dst)| {
+                    let reads = sources.of(frame, x.cb);
+                    let residual = residual
+                        .map(|r| &r.buf()[frame * frame_len + ob0 * 2 * po.len()..][..dst.len()]);
+                    for plane in dst.chunks_exact_mut(po.len()) {
+                        po.zero_border(plane);
+                    }
+                    let pixels = po.h * po.w;
+                    let tiles = pixels.div_ceil(pix);
+                    with_scratch(
+                        &PANEL,
+                        tiles_per_panel.min(tiles) * k * pix,
+                        |panel: &mut [E]| {
+                            for t0 in (0..tiles).step_by(tiles_per_panel) {
+                                let t1 = (t0 + tiles_per_panel).min(tiles);
+                                for t in t0..t1 {
+                                    let tile = &mut panel[(t - t0) * k * pix..][..k * pix];
+                                    self.pack((x, xs), &reads, t * pix, pixels, (pi, po), tile);
+                                }
+                                // register tiles of `nt` output tiles (one fewer at an odd end)
+                                let span = nt * 2 * po.len();
+                                for (i, out_tiles) in dst.chunks_mut(span).enumerate() {
+                                    let ob = ob0 + i * nt;
+                                    let n = out_tiles.len() / (2 * po.len());
+                                    let job = Job {
+                                        weights: &weights[ob * k * OUT_TILE..][..n * k * OUT_TILE],
+                                        bias: &self.bias[ob * OUT_TILE..][..n * OUT_TILE],
+                                        residual: residual
+                                            .map(|r| &r[i * span..][..out_tiles.len()]),
+                                        slope,
+                                        po,
+                                    };
+                                    for t in t0..t1 {
+                                        let tile = &panel[(t - t0) * k * pix..][..k * pix];
+                                        let px = (pixels - t * pix).min(pix);
+                                        // SAFETY: the plan checked `runs_here()` of this kernel.
+                                        unsafe {
+                                            E::tile(
+                                                self.kernel,
+                                                &job,
+                                                t * pix,
+                                                px,
+                                                n,
+                                                tile,
+                                                out_tiles,
+                                            )
+                                        }
+                                    }
                                 }
                             }
-                        }
-                    }
+                        },
+                    );
                 });
-            });
+        });
     }
 
     /// The panel of output pixels `p0..p0 + pixels()` (fewer at the end): for each input
     /// block, tap and pixel, the 8 channels the conv multiplies, in the weights' order
-    /// `[block][tap][pixel][8]`. Channels that the shift leaves empty are zeros.
+    /// `[block][tap][pixel][8]`, read from `xs` (the values of `x` as `E`). Channels that the
+    /// shift leaves empty are zeros.
     fn pack<E: PanelElem>(
         &self,
-        x: &Blocked,
+        (x, xs): (&Blocked, &[E]),
         reads: &[Source],
         p0: usize,
         pixels: usize,
@@ -600,7 +660,7 @@ impl PackedConv {
         });
         let taps = (0..self.k).flat_map(|kh| (0..self.k).map(move |kw| (kh, kw)));
         for r in reads {
-            let plane = &x.buf()[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
+            let plane = &xs[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
             let full = (r.lo, r.hi) == (0, LANES);
             for (tap, (kh, kw)) in taps.clone().enumerate() {
                 let dst = &mut panel[(r.block * kk + tap) * pix * LANES..][..pix * LANES];
@@ -608,14 +668,9 @@ impl PackedConv {
                 for (px, &o) in dst.chunks_exact_mut(LANES).zip(&at).take(npx) {
                     let src = &plane[o + d..o + d + LANES];
                     if full {
-                        // a fixed-size loop: two moves (f32) or a few vector ops (bf16)
-                        for (v, &s) in px.iter_mut().zip(src) {
-                            *v = E::from_f32(s);
-                        }
+                        px.copy_from_slice(src);
                     } else {
-                        for (v, &s) in px[r.lo..r.hi].iter_mut().zip(&src[r.lo..r.hi]) {
-                            *v = E::from_f32(s);
-                        }
+                        px[r.lo..r.hi].copy_from_slice(&src[r.lo..r.hi]);
                     }
                 }
             }
@@ -627,11 +682,19 @@ impl PackedConv {
 /// weights stay in a core's L2 while every output tile of the task reuses the panel.
 const PANEL_BYTES: usize = 160 << 10;
 
-/// Runs `f` on this thread's panel buffer of `len` elements (kept between calls).
-fn with_panel<E: PanelElem, R>(len: usize, f: impl FnOnce(&mut [E]) -> R) -> R {
-    thread_local! {
-        static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
+thread_local! {
+    /// This thread's packed input panels.
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The bf16 copy of a conv's input, on the thread that runs the conv.
+    static BF16_INPUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` elements of this thread's buffer `key` (kept between calls).
+fn with_scratch<E: PanelElem, R>(
+    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [E]) -> R,
+) -> R {
     const { assert!(size_of::<E>() <= size_of::<f32>() && align_of::<E>() <= align_of::<f32>()) };
     let words = (len * size_of::<E>()).div_ceil(size_of::<f32>());
     let as_elems = |buf: &mut [f32]| {
@@ -640,7 +703,7 @@ fn with_panel<E: PanelElem, R>(len: usize, f: impl FnOnce(&mut [E]) -> R) -> R {
         // least `len` of them.
         unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<E>(), len) }
     };
-    PANEL.with(|p| match p.try_borrow_mut() {
+    key.with(|p| match p.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < words {
                 buf.resize(words, 0.0);
@@ -756,11 +819,42 @@ impl<E> Job<'_, E> {
         self.store(q, 2 * tile + 1, _mm512_extractf32x8_ps::<1>(sums), dst);
     }
 
-    /// The bias of output tile `t` in one register.
+    /// The start of an AVX-512 register tile of `TW` pixels and `NT` output tiles: checks the
+    /// lengths the kernel's loads rely on and returns the weights per output tile, the steps
+    /// of 8 input channels, and the sums started at the bias.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn bias16(&self, t: usize) -> __m512 {
-        unsafe { _mm512_loadu_ps(self.bias[t * OUT_TILE..][..OUT_TILE].as_ptr()) }
+    fn start512<const TW: usize, const NT: usize>(
+        &self,
+        panel_len: usize,
+    ) -> (usize, usize, [[__m512; NT]; TW]) {
+        let tile_len = self.weights.len() / NT;
+        let steps = tile_len / (LANES * OUT_TILE);
+        assert!(
+            panel_len >= steps * LANES * AVX512_PIXELS
+                && self.bias.len() == NT * OUT_TILE
+                && TW <= AVX512_PIXELS
+        );
+        let bias: [__m512; NT] = std::array::from_fn(|t| unsafe {
+            _mm512_loadu_ps(self.bias[t * OUT_TILE..][..OUT_TILE].as_ptr())
+        });
+        (tile_len, steps, [bias; TW])
+    }
+
+    /// Stores an AVX-512 register tile's sums for pixels `p0..p0 + TW`.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    #[inline]
+    fn finish512<const TW: usize, const NT: usize>(
+        &self,
+        p0: usize,
+        acc: &[[__m512; NT]; TW],
+        dst: &mut [f32],
+    ) {
+        for (j, acc) in acc.iter().enumerate() {
+            for (t, &a) in acc.iter().enumerate() {
+                self.store16(p0 + j, t, a, dst);
+            }
+        }
     }
 }
 
@@ -825,15 +919,7 @@ impl Job<'_, f32> {
         panel: &[f32],
         dst: &mut [f32],
     ) {
-        let tile_len = self.weights.len() / NT;
-        let steps = tile_len / (LANES * OUT_TILE);
-        assert!(
-            panel.len() >= steps * LANES * AVX512_PIXELS
-                && self.bias.len() == NT * OUT_TILE
-                && TW <= AVX512_PIXELS
-        );
-        let bias: [__m512; NT] = std::array::from_fn(|t| self.bias16(t));
-        let mut acc = [bias; TW];
+        let (tile_len, steps, mut acc) = self.start512::<TW, NT>(panel.len());
         let (w, x) = (self.weights.as_ptr(), panel.as_ptr());
         for step in 0..steps {
             for ic in 0..LANES {
@@ -851,11 +937,7 @@ impl Job<'_, f32> {
                 }
             }
         }
-        for (j, acc) in acc.iter().enumerate() {
-            for (t, &a) in acc.iter().enumerate() {
-                self.store16(p0 + j, t, a, dst);
-            }
-        }
+        self.finish512(p0, &acc, dst);
     }
 }
 
@@ -870,39 +952,28 @@ impl Job<'_, u16> {
         panel: &[u16],
         dst: &mut [f32],
     ) {
-        let tile_len = self.weights.len() / NT;
-        let steps = tile_len / (LANES * OUT_TILE);
-        assert!(
-            panel.len() >= steps * LANES * AVX512_PIXELS
-                && self.bias.len() == NT * OUT_TILE
-                && TW <= AVX512_PIXELS
-        );
-        let bias: [__m512; NT] = std::array::from_fn(|t| self.bias16(t));
-        let mut acc = [bias; TW];
+        let (tile_len, steps, mut acc) = self.start512::<TW, NT>(panel.len());
         let (w, x) = (self.weights.as_ptr(), panel.as_ptr());
-        for step in 0..steps {
-            for pair in 0..LANES / 2 {
-                // SAFETY: as in `tile_avx512`, with 4 pairs x 16 x 2 weights per step.
-                let wv: [__m512bh; NT] = std::array::from_fn(|t| unsafe {
-                    let p = w.add(t * tile_len + step * LANES * OUT_TILE + pair * 2 * OUT_TILE);
-                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast()))
-                });
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let v = unsafe {
-                        let p = x.add((step * AVX512_PIXELS + j) * LANES + 2 * pair);
-                        let pair_bits = p.cast::<i32>().read_unaligned();
-                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair_bits))
-                    };
-                    for (a, &wv) in a.iter_mut().zip(&wv) {
-                        *a = _mm512_dpbf16_ps(*a, wv, v);
-                    }
+        // one flat loop over (step, pair): with the pair loop inside, LLVM unrolls it, hoists
+        // its weight loads and spills sums to the stack
+        for i in 0..steps * LANES / 2 {
+            let (step, pair) = (i / (LANES / 2), i % (LANES / 2));
+            // SAFETY: as in `tile_avx512`, with 4 pairs x 16 x 2 weights per step.
+            let wv: [__m512bh; NT] = std::array::from_fn(|t| unsafe {
+                let p = w.add(t * tile_len + i * 2 * OUT_TILE);
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast()))
+            });
+            for (j, a) in acc.iter_mut().enumerate() {
+                let v = unsafe {
+                    let p = x.add((step * AVX512_PIXELS + j) * LANES + 2 * pair);
+                    let pair_bits = p.cast::<i32>().read_unaligned();
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair_bits))
+                };
+                for (a, &wv) in a.iter_mut().zip(&wv) {
+                    *a = _mm512_dpbf16_ps(*a, wv, v);
                 }
             }
         }
-        for (j, acc) in acc.iter().enumerate() {
-            for (t, &a) in acc.iter().enumerate() {
-                self.store16(p0 + j, t, a, dst);
-            }
-        }
+        self.finish512(p0, &acc, dst);
     }
 }
