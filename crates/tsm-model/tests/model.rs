@@ -470,7 +470,10 @@ fn generated_clips(n: usize, t: usize, s: usize) -> Tensor {
             .unwrap();
             let colour = Tensor::from_vec(colour, (1, 3, 1, 1), dev).unwrap();
             let wave = phase.sin().unwrap().unsqueeze(1).unwrap();
-            let noise = Tensor::rand(-0.3f32, 0.3, (t, 3, s, s), dev).unwrap();
+            let noise: Vec<f32> = (0..t * 3 * s * s)
+                .map(|_| rng.random_range(-0.3..0.3))
+                .collect();
+            let noise = Tensor::from_vec(noise, (t, 3, s, s), dev).unwrap();
             (wave.broadcast_mul(&colour).unwrap() + noise).unwrap()
         })
         .collect();

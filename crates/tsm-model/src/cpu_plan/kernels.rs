@@ -658,6 +658,8 @@ impl PackedConv {
             let (oy, ox) = (q / po.w, q % po.w);
             ((oy * self.stride + origin) * pi.wp() + ox * self.stride + origin) * LANES
         });
+        // the tile's pixels side by side in one input row: each tap's panel step is one copy
+        let one_run = at[..npx].windows(2).all(|p| p[1] == p[0] + LANES);
         let taps = (0..self.k).flat_map(|kh| (0..self.k).map(move |kw| (kh, kw)));
         for r in reads {
             let plane = &xs[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
@@ -665,6 +667,11 @@ impl PackedConv {
             for (tap, (kh, kw)) in taps.clone().enumerate() {
                 let dst = &mut panel[(r.block * kk + tap) * pix * LANES..][..pix * LANES];
                 let d = (kh * pi.wp() + kw) * LANES;
+                if full && one_run {
+                    let o = at[0] + d;
+                    dst[..npx * LANES].copy_from_slice(&plane[o..o + npx * LANES]);
+                    continue;
+                }
                 for (px, &o) in dst.chunks_exact_mut(LANES).zip(&at).take(npx) {
                     let src = &plane[o + d..o + d + LANES];
                     if full {
