@@ -577,18 +577,16 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
                 continue;
             }
             // bf16 where this CPU has the kernel's instructions; elsewhere model_bench says
-            // which it lacks, and the table says so
-            match measure(
+            // which it lacks
+            let bf16 = bench_stdout(
                 Command::new(ours)
                     .args(&args)
                     .args(["--dtype", "bf16"])
                     .env("RAYON_NUM_THREADS", &threads),
-            ) {
-                Ok(m) => record(label, TSM_BF16.into(), m),
-                Err(e) if format!("{e:#}").contains("which this CPU lacks") => {
-                    eprintln!("xtask: bench model: {TSM_BF16} not run: {e:#}");
-                }
-                Err(e) => return Err(e),
+            )?;
+            match bf16.lines().find_map(|l| l.strip_prefix("{\"skipped\": ")) {
+                Some(why) => eprintln!("xtask: bench model: {TSM_BF16} not run: {why}"),
+                None => record(label, TSM_BF16.into(), parse_measurement(&bf16)?),
             }
             for (engine, name) in [
                 ("onnxruntime", "ONNX Runtime, CPU EP"),

@@ -13,6 +13,7 @@
 //! under 1% of a step). One untimed warm-up iteration, then ITERS timed ones, the device
 //! synchronised before the clock stops. Prints one JSON line: clips, seconds, cpu_seconds (of the
 //! timed iterations), peak_rss_mb (and, on a GPU, the device).
+//! bf16 on a CPU without the instructions prints `{"skipped": "<why>"}` instead and exits 0.
 //! `--profile`: eval also prints, to stderr, the time per step of one forward pass, summed by
 //! step label, with GFLOP/s for convolutions; train prints the time of one step by kind of op
 //! (conv forward/backward, BN, shift, pools, activations, the optimizer, the rest), with the
@@ -202,6 +203,15 @@ fn main() -> Result<()> {
     let num = |s: &str| s.parse::<usize>().map_err(|e| format!("{s}: {e}"));
     let (depth, seg, size, batch, iters) =
         (num(depth)?, num(seg)?, num(size)?, num(batch)?, num(iters)?);
+    if let (DType::BF16, true, Some(needs)) = (
+        dtype,
+        device.is_cpu(),
+        tsm_model::missing_cpu_bf16_features(),
+    ) {
+        // not a failure: the bench leaves the row out and says why
+        println!("{{\"skipped\": \"bf16 on the CPU needs {needs}\"}}");
+        return Ok(());
+    }
     let cfg = TsmConfig::pptsm(depth, NUM_CLASSES).with_num_seg(seg);
     let varmap = VarMap::new();
     let model = Tsm::new(&cfg, VarBuilder::from_varmap(&varmap, dtype, &device))?;
