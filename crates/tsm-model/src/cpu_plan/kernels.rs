@@ -1,20 +1,19 @@
 //! The blocked-layout kernels of the CPU inference plan (x86-64 with AVX2 and FMA, or
 //! AVX-512, or AVX-512 BF16).
 //!
-//! Activations are [`Blocked`]: `[frames][C/8][H+2][W+2][8]` f32, the 8 channels of a pixel in
-//! one 256-bit register, each plane framed by a one-pixel zero border that is the 3x3 convs'
-//! padding. A convolution is a register tile of output pixels x output channels (see
+//! Activations are [`Blocked`]: `[frames][C/8][H+2][W+2][8]` f32 (or bf16), the 8 channels of
+//! a pixel in one 256-bit register (or half of one), each plane framed by a one-pixel zero
+//! border that is the 3x3 convs' padding. A convolution is a register tile of output pixels x output channels (see
 //! [`Kernel`]) that takes, per input channel, one load of pre-packed weights per 16 output
 //! channels and one broadcast per pixel from a panel: the tile's input pixels for every tap and
 //! channel, packed once per task into a buffer that stays in L2 while every output tile of the
-//! task reads it. The bf16 kernel packs its panels (and its weights) as bf16, and sums in f32:
-//! activations between layers stay f32. Bias, the residual add, the leaky ReLU and the temporal
-//! shift are folded into that pass: the shift only changes which frame the packing reads each
-//! input channel from.
+//! task reads it. The bf16 kernel keeps everything it stores as bf16 (activations, panels and
+//! weights) and sums in f32: each layer's sums are rounded once, as they are stored. Bias, the
+//! residual add, the leaky ReLU and the temporal shift are folded into that pass: the shift
+//! only changes which frame the packing reads each input channel from.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
-use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
@@ -27,14 +26,14 @@ pub(super) const OUT_TILE: usize = 16;
 
 /// Activations of `n` frames of `cb` channel blocks, `h x w`, in the blocked layout with a
 /// zero border (see the module docs). Only the interior is data; the border is kept zero.
-pub(super) struct Blocked {
+pub(super) struct Blocked<E> {
     pub(super) n: usize,
     pub(super) cb: usize,
     pub(super) h: usize,
     pub(super) w: usize,
     /// The arena's buffer: the activations are its first [`Blocked::len`] elements (a buffer
     /// serves larger activations at other points of the pass).
-    pub(super) data: Vec<f32>,
+    pub(super) data: Vec<E>,
     /// Where the buffer came from (the pass's arena).
     pub(super) slot: usize,
 }
@@ -62,18 +61,19 @@ impl Plane {
     }
 
     /// Zeroes the border of `plane` (its interior is written by the producer).
-    fn zero_border(self, plane: &mut [f32]) {
+    fn zero_border<E: Elem>(self, plane: &mut [E]) {
         let row = self.wp() * LANES;
-        plane[..row].fill(0.0);
-        plane[(self.h + 1) * row..].fill(0.0);
+        let zero = E::default();
+        plane[..row].fill(zero);
+        plane[(self.h + 1) * row..].fill(zero);
         for y in 1..=self.h {
-            plane[y * row..y * row + LANES].fill(0.0);
-            plane[(y + 1) * row - LANES..(y + 1) * row].fill(0.0);
+            plane[y * row..y * row + LANES].fill(zero);
+            plane[(y + 1) * row - LANES..(y + 1) * row].fill(zero);
         }
     }
 }
 
-impl Blocked {
+impl<E> Blocked<E> {
     /// Elements of `n` frames of `cb` blocks of `h x w`.
     pub(super) fn len(n: usize, cb: usize, h: usize, w: usize) -> usize {
         n * cb * Plane { h, w }.len()
@@ -94,11 +94,11 @@ impl Blocked {
     }
 
     /// The activations.
-    fn buf(&self) -> &[f32] {
+    fn buf(&self) -> &[E] {
         &self.data[..Self::len(self.n, self.cb, self.h, self.w)]
     }
 
-    fn buf_mut(&mut self) -> &mut [f32] {
+    fn buf_mut(&mut self) -> &mut [E] {
         let len = Self::len(self.n, self.cb, self.h, self.w);
         &mut self.data[..len]
     }
@@ -106,7 +106,7 @@ impl Blocked {
 
 /// `x [n, c, h, w]` (NCHW) into `out` (`n` frames, `c.div_ceil(8)` blocks, channels past `c`
 /// zero).
-pub(super) fn to_blocked(x: &[f32], c: usize, out: &mut Blocked) {
+pub(super) fn to_blocked<E: Elem>(x: &[f32], c: usize, out: &mut Blocked<E>) {
     out.check();
     let p = out.plane();
     let (cb, hw) = (out.cb, p.h * p.w);
@@ -123,9 +123,9 @@ pub(super) fn to_blocked(x: &[f32], c: usize, out: &mut Blocked) {
                     for (l, v) in px.iter_mut().enumerate() {
                         let ch = b * LANES + l;
                         *v = if ch < c {
-                            x[(frame * c + ch) * hw + y * p.w + xi]
+                            E::from_f32(x[(frame * c + ch) * hw + y * p.w + xi])
                         } else {
-                            0.0
+                            E::default()
                         };
                     }
                 }
@@ -134,7 +134,7 @@ pub(super) fn to_blocked(x: &[f32], c: usize, out: &mut Blocked) {
 }
 
 /// The first `c` channels of `x` as NCHW `[n, c, h, w]`.
-pub(super) fn from_blocked(x: &Blocked, c: usize) -> Vec<f32> {
+pub(super) fn from_blocked<E: Elem>(x: &Blocked<E>, c: usize) -> Vec<f32> {
     x.check();
     let p = x.plane();
     let hw = p.h * p.w;
@@ -147,7 +147,7 @@ pub(super) fn from_blocked(x: &Blocked, c: usize) -> Vec<f32> {
         let plane = &x.buf()[(frame * x.cb + ch / LANES) * p.len()..][..p.len()];
         for y in 0..p.h {
             for xi in 0..p.w {
-                dst[y * p.w + xi] = plane[p.at(y, xi) + ch % LANES];
+                dst[y * p.w + xi] = plane[p.at(y, xi) + ch % LANES].to_f32();
             }
         }
     });
@@ -160,7 +160,7 @@ pub(super) fn max_pooled(n: usize) -> usize {
 }
 
 /// Paddle's `MaxPool2D(3, stride=2, padding=1)`: each window clipped to the image.
-pub(super) fn max_pool3x3_s2(x: &Blocked, out: &mut Blocked) {
+pub(super) fn max_pool3x3_s2<E: Elem>(x: &Blocked<E>, out: &mut Blocked<E>) {
     assert!(out.h == max_pooled(x.h) && out.w == max_pooled(x.w));
     let window = |o: usize, n: usize| (2 * o).saturating_sub(1)..(2 * o + 2).min(n);
     let max = |m: f32, v: f32| if v > m { v } else { m };
@@ -169,7 +169,7 @@ pub(super) fn max_pool3x3_s2(x: &Blocked, out: &mut Blocked) {
 
 /// Paddle's `AvgPool2D(2, stride=2, ceil_mode=True)`, exclusive: a window on the last
 /// row/column of an odd size averages the cells inside the image.
-pub(super) fn avg_pool2x2_ceil(x: &Blocked, out: &mut Blocked) {
+pub(super) fn avg_pool2x2_ceil<E: Elem>(x: &Blocked<E>, out: &mut Blocked<E>) {
     assert!(out.h == x.h.div_ceil(2) && out.w == x.w.div_ceil(2));
     let window = |o: usize, n: usize| 2 * o..(2 * o + 2).min(n);
     pool(
@@ -183,10 +183,11 @@ pub(super) fn avg_pool2x2_ceil(x: &Blocked, out: &mut Blocked) {
 }
 
 /// Pools every plane of `x` into `out`: output `(oy, ox)` is `finish(fold, cells)` of the
-/// cells `window(oy, h) x window(ox, w)`, folded from `init` with `combine` per channel.
-fn pool(
-    x: &Blocked,
-    out: &mut Blocked,
+/// cells `window(oy, h) x window(ox, w)`, folded in f32 from `init` with `combine` per
+/// channel.
+fn pool<E: Elem>(
+    x: &Blocked<E>,
+    out: &mut Blocked<E>,
     window: impl Fn(usize, usize) -> std::ops::Range<usize> + Sync,
     init: f32,
     combine: impl Fn(f32, f32) -> f32 + Sync,
@@ -209,13 +210,13 @@ fn pool(
                     for y in rows.clone() {
                         for xi in cols.clone() {
                             for (a, &v) in acc.iter_mut().zip(&src[pi.at(y, xi)..][..LANES]) {
-                                *a = combine(*a, v);
+                                *a = combine(*a, v.to_f32());
                             }
                         }
                     }
                     let cells = rows.len() * cols.len();
                     for (d, a) in dst[po.at(oy, ox)..][..LANES].iter_mut().zip(acc) {
-                        *d = finish(a, cells);
+                        *d = E::from_f32(finish(a, cells));
                     }
                 }
             }
@@ -317,40 +318,52 @@ pub(super) struct PackedConv {
     bias: Vec<f32>,
 }
 
-enum Weights {
+pub(super) enum Weights {
     F32(Vec<f32>),
     /// bf16 bit patterns.
     Bf16(Vec<u16>),
 }
 
-/// An element of a packed input panel: f32, or bf16 bits for the bf16 kernel.
-trait PanelElem: TileKernel + Copy + Default + Send + Sync + 'static {
-    /// Runs `f` on the activations `x` as this type: `x` itself, or (bf16) a copy converted
-    /// once per conv, so that packing the panels (which reads each input up to 9 times) only
-    /// moves bits.
-    fn with_input<R>(x: &[f32], f: impl FnOnce(&[Self]) -> R) -> R;
+/// An element of the activations, panels and weights of a kernel: f32, or bf16 bits for the
+/// bf16 kernel.
+pub(super) trait Elem: TileKernel + Copy + Default + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// The packed weights, if they are of this type.
+    fn weights(w: &Weights) -> Option<&[Self]>;
 }
 
-impl PanelElem for f32 {
-    fn with_input<R>(x: &[f32], f: impl FnOnce(&[Self]) -> R) -> R {
-        f(x)
+impl Elem for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    fn weights(w: &Weights) -> Option<&[Self]> {
+        match w {
+            Weights::F32(w) => Some(w),
+            Weights::Bf16(_) => None,
+        }
     }
 }
 
-impl PanelElem for u16 {
-    fn with_input<R>(x: &[f32], f: impl FnOnce(&[Self]) -> R) -> R {
-        assert!(
-            Kernel::Bf16Avx512.runs_here(),
-            "bf16 panels without AVX-512 BF16"
-        );
-        with_scratch(&BF16_INPUT, x.len(), |dst: &mut [u16]| {
-            const CHUNK: usize = 1 << 14;
-            dst.par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK))
-                // SAFETY: the CPU has AVX-512 BF16 (asserted above).
-                .for_each(|(d, s)| unsafe { to_bf16(s, d) });
-            f(dst)
-        })
+impl Elem for u16 {
+    fn from_f32(v: f32) -> Self {
+        bf16_bits(v)
+    }
+
+    fn to_f32(self) -> f32 {
+        f32::from_bits(u32::from(self) << 16)
+    }
+
+    fn weights(w: &Weights) -> Option<&[Self]> {
+        match w {
+            Weights::Bf16(w) => Some(w),
+            Weights::F32(_) => None,
+        }
     }
 }
 
@@ -364,28 +377,18 @@ fn bf16_bits(v: f32) -> u16 {
     }
 }
 
-/// `dst = bf16(src)`, 16 values per `vcvtneps2bf16`.
-///
-/// # Safety
-/// The CPU has AVX-512 F and BF16.
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
-    assert_eq!(src.len(), dst.len());
-    let mut d = dst.chunks_exact_mut(16);
-    let mut s = src.chunks_exact(16);
-    for (d, s) in (&mut d).zip(&mut s) {
-        // SAFETY: both chunks hold 16 values.
-        unsafe {
-            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(s.as_ptr()));
-            _mm256_storeu_si256(
-                d.as_mut_ptr().cast(),
-                std::mem::transmute::<__m256bh, __m256i>(v),
-            );
-        }
-    }
-    for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = bf16_bits(s);
-    }
+/// [`bf16_bits`] of 16 values, in AVX-512 F (so that the stores of every AVX-512 kernel share
+/// one set of instructions).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bf16_bits16(v: __m512) -> __m256i {
+    let b = _mm512_castps_si512(v);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+    let rounded = _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+    let bits = _mm512_mask_mov_epi32(_mm512_srli_epi32::<16>(rounded), nan, quiet);
+    _mm512_cvtepi32_epi16(bits)
 }
 
 /// Where each input channel of a frame is read from: the frame itself, or (the temporal
@@ -504,29 +507,20 @@ impl PackedConv {
 
     /// `out = act(conv(x) + bias [+ residual])`, with `act` the leaky ReLU when `act`;
     /// `sources` (the temporal shift) says which frame each input block is read from.
-    pub(super) fn run(
+    pub(super) fn run<E: Elem>(
         &self,
-        x: &Blocked,
+        x: &Blocked<E>,
         sources: Option<BlockSources>,
-        residual: Option<&Blocked>,
+        residual: Option<&Blocked<E>>,
         act: bool,
-        out: &mut Blocked,
+        out: &mut Blocked<E>,
     ) {
-        match &self.weights {
-            Weights::F32(w) => self.run_with(w, x, sources, residual, act, out),
-            Weights::Bf16(w) => self.run_with(w, x, sources, residual, act, out),
-        }
-    }
-
-    fn run_with<E: PanelElem>(
-        &self,
-        weights: &[E],
-        x: &Blocked,
-        sources: Option<BlockSources>,
-        residual: Option<&Blocked>,
-        act: bool,
-        out: &mut Blocked,
-    ) {
+        let Some(weights) = E::weights(&self.weights) else {
+            panic!(
+                "packed conv: activations of another type than the {:?} kernel's",
+                self.kernel
+            )
+        };
         x.check();
         out.check();
         let (pi, po) = (x.plane(), out.plane());
@@ -563,78 +557,62 @@ impl PackedConv {
         let k = x.cb * self.k * self.k * LANES;
         let tiles_per_panel = (PANEL_BYTES / (k * pix * size_of::<E>())).max(1);
         let slope = act.then_some(LEAKY_SLOPE as f32);
-        E::with_input(x.buf(), |xs| {
-            out.buf_mut()
-                .par_chunks_mut(frame_len)
-                .enumerate()
-                .flat_map(|(frame, dst)| {
-                    dst.par_chunks_mut(per_group * 2 * po.len())
-                        .enumerate()
-                        .map(move |(g, dst)| (frame, g * per_group, dst))
-                })
-                .for_each(|(frame, ob0, dst)| {
-                    let reads = sources.of(frame, x.cb);
-                    let residual = residual
-                        .map(|r| &r.buf()[frame * frame_len + ob0 * 2 * po.len()..][..dst.len()]);
-                    for plane in dst.chunks_exact_mut(po.len()) {
-                        po.zero_border(plane);
-                    }
-                    let pixels = po.h * po.w;
-                    let tiles = pixels.div_ceil(pix);
-                    with_scratch(
-                        &PANEL,
-                        tiles_per_panel.min(tiles) * k * pix,
-                        |panel: &mut [E]| {
-                            for t0 in (0..tiles).step_by(tiles_per_panel) {
-                                let t1 = (t0 + tiles_per_panel).min(tiles);
-                                for t in t0..t1 {
-                                    let tile = &mut panel[(t - t0) * k * pix..][..k * pix];
-                                    self.pack((x, xs), &reads, t * pix, pixels, (pi, po), tile);
-                                }
-                                // register tiles of `nt` output tiles (one fewer at an odd end)
-                                let span = nt * 2 * po.len();
-                                for (i, out_tiles) in dst.chunks_mut(span).enumerate() {
-                                    let ob = ob0 + i * nt;
-                                    let n = out_tiles.len() / (2 * po.len());
-                                    let job = Job {
-                                        weights: &weights[ob * k * OUT_TILE..][..n * k * OUT_TILE],
-                                        bias: &self.bias[ob * OUT_TILE..][..n * OUT_TILE],
-                                        residual: residual
-                                            .map(|r| &r[i * span..][..out_tiles.len()]),
-                                        slope,
-                                        po,
-                                    };
-                                    for t in t0..t1 {
-                                        let tile = &panel[(t - t0) * k * pix..][..k * pix];
-                                        let px = (pixels - t * pix).min(pix);
-                                        // SAFETY: the plan checked `runs_here()` of this kernel.
-                                        unsafe {
-                                            E::tile(
-                                                self.kernel,
-                                                &job,
-                                                t * pix,
-                                                px,
-                                                n,
-                                                tile,
-                                                out_tiles,
-                                            )
-                                        }
-                                    }
+        out.buf_mut()
+            .par_chunks_mut(frame_len)
+            .enumerate()
+            .flat_map(|(frame, dst)| {
+                dst.par_chunks_mut(per_group * 2 * po.len())
+                    .enumerate()
+                    .map(move |(g, dst)| (frame, g * per_group, dst))
+            })
+            .for_each(|(frame, ob0, dst)| {
+                let reads = sources.of(frame, x.cb);
+                let residual = residual
+                    .map(|r| &r.buf()[frame * frame_len + ob0 * 2 * po.len()..][..dst.len()]);
+                for plane in dst.chunks_exact_mut(po.len()) {
+                    po.zero_border(plane);
+                }
+                let pixels = po.h * po.w;
+                let tiles = pixels.div_ceil(pix);
+                with_panel(tiles_per_panel.min(tiles) * k * pix, |panel: &mut [E]| {
+                    for t0 in (0..tiles).step_by(tiles_per_panel) {
+                        let t1 = (t0 + tiles_per_panel).min(tiles);
+                        for t in t0..t1 {
+                            let tile = &mut panel[(t - t0) * k * pix..][..k * pix];
+                            self.pack(x, &reads, t * pix, pixels, (pi, po), tile);
+                        }
+                        // register tiles of `nt` output tiles (one fewer at an odd end)
+                        let span = nt * 2 * po.len();
+                        for (i, out_tiles) in dst.chunks_mut(span).enumerate() {
+                            let ob = ob0 + i * nt;
+                            let n = out_tiles.len() / (2 * po.len());
+                            let job = Job {
+                                weights: &weights[ob * k * OUT_TILE..][..n * k * OUT_TILE],
+                                bias: &self.bias[ob * OUT_TILE..][..n * OUT_TILE],
+                                residual: residual.map(|r| &r[i * span..][..out_tiles.len()]),
+                                slope,
+                                po,
+                            };
+                            for t in t0..t1 {
+                                let tile = &panel[(t - t0) * k * pix..][..k * pix];
+                                let px = (pixels - t * pix).min(pix);
+                                // SAFETY: the plan checked `runs_here()` of this kernel.
+                                unsafe {
+                                    E::tile(self.kernel, &job, t * pix, px, n, tile, out_tiles)
                                 }
                             }
-                        },
-                    );
+                        }
+                    }
                 });
-        });
+            });
     }
 
     /// The panel of output pixels `p0..p0 + pixels()` (fewer at the end): for each input
     /// block, tap and pixel, the 8 channels the conv multiplies, in the weights' order
-    /// `[block][tap][pixel][8]`, read from `xs` (the values of `x` as `E`). Channels that the
-    /// shift leaves empty are zeros.
-    fn pack<E: PanelElem>(
+    /// `[block][tap][pixel][8]`. Channels that the shift leaves empty are zeros.
+    fn pack<E: Elem>(
         &self,
-        (x, xs): (&Blocked, &[E]),
+        x: &Blocked<E>,
         reads: &[Source],
         p0: usize,
         pixels: usize,
@@ -662,14 +640,14 @@ impl PackedConv {
         let one_run = at[..npx].windows(2).all(|p| p[1] == p[0] + LANES);
         let taps = (0..self.k).flat_map(|kh| (0..self.k).map(move |kw| (kh, kw)));
         for r in reads {
-            let plane = &xs[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
+            let plane = &x.buf()[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
             let full = (r.lo, r.hi) == (0, LANES);
             for (tap, (kh, kw)) in taps.clone().enumerate() {
                 let dst = &mut panel[(r.block * kk + tap) * pix * LANES..][..pix * LANES];
                 let d = (kh * pi.wp() + kw) * LANES;
                 if full && one_run {
-                    let o = at[0] + d;
-                    dst[..npx * LANES].copy_from_slice(&plane[o..o + npx * LANES]);
+                    let src = &plane[at[0] + d..][..npx * LANES];
+                    copy_run(&mut dst[..npx * LANES], src);
                     continue;
                 }
                 for (px, &o) in dst.chunks_exact_mut(LANES).zip(&at).take(npx) {
@@ -685,6 +663,23 @@ impl PackedConv {
     }
 }
 
+/// `dst = src`; a whole AVX-512 tile's run (most of them) in pieces of a fixed size, which the
+/// compiler moves with vector registers: a call to `memmove` per run was a third of the
+/// packing time. (Splitting wrapped tiles into runs too, or moving 64 bytes at a time, was
+/// measured slower.)
+fn copy_run<E: Copy>(dst: &mut [E], src: &[E]) {
+    const PIECE: usize = 2 * LANES;
+    if dst.len() == AVX512_PIXELS * LANES && src.len() == dst.len() {
+        for (d, s) in dst.chunks_exact_mut(PIECE).zip(src.chunks_exact(PIECE)) {
+            if let (Some(d), Some(s)) = (d.first_chunk_mut::<PIECE>(), s.first_chunk::<PIECE>()) {
+                *d = *s;
+            }
+        }
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// Bytes of a task's packed input panel: a few tiles, so that the panel and one output tile's
 /// weights stay in a core's L2 while every output tile of the task reuses the panel.
 const PANEL_BYTES: usize = 160 << 10;
@@ -692,16 +687,10 @@ const PANEL_BYTES: usize = 160 << 10;
 thread_local! {
     /// This thread's packed input panels.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The bf16 copy of a conv's input, on the thread that runs the conv.
-    static BF16_INPUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on `len` elements of this thread's buffer `key` (kept between calls).
-fn with_scratch<E: PanelElem, R>(
-    key: &'static LocalKey<RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [E]) -> R,
-) -> R {
+/// Runs `f` on a panel of `len` elements, this thread's (kept between calls).
+fn with_panel<E: Elem, R>(len: usize, f: impl FnOnce(&mut [E]) -> R) -> R {
     const { assert!(size_of::<E>() <= size_of::<f32>() && align_of::<E>() <= align_of::<f32>()) };
     let words = (len * size_of::<E>()).div_ceil(size_of::<f32>());
     let as_elems = |buf: &mut [f32]| {
@@ -710,7 +699,7 @@ fn with_scratch<E: PanelElem, R>(
         // least `len` of them.
         unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<E>(), len) }
     };
-    key.with(|p| match p.try_borrow_mut() {
+    PANEL.with(|p| match p.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < words {
                 buf.resize(words, 0.0);
@@ -723,18 +712,18 @@ fn with_scratch<E: PanelElem, R>(
 }
 
 /// One register tile's output tiles (1 or 2 of 16 channels, two blocks each) of a task.
-struct Job<'a, E> {
+pub(super) struct Job<'a, E> {
     /// `[tiles][k][16]`, in the panel's order.
     weights: &'a [E],
     bias: &'a [f32],
     /// The residual's planes for these output tiles.
-    residual: Option<&'a [f32]>,
+    residual: Option<&'a [E]>,
     slope: Option<f32>,
     po: Plane,
 }
 
 /// The register tiles of an element type's kernels.
-trait TileKernel: Sized {
+pub(super) trait TileKernel: Sized {
     /// Output pixels `p0..p0 + px` of `nt` output tiles from their panel, into `dst` (their
     /// planes).
     ///
@@ -747,8 +736,15 @@ trait TileKernel: Sized {
         px: usize,
         nt: usize,
         panel: &[Self],
-        dst: &mut [f32],
+        dst: &mut [Self],
     );
+
+    /// Stores the 16 sums of output tile `tile` for output pixel `q` (its two blocks), adding
+    /// the residual and applying the activation.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, DQ and BW.
+    unsafe fn store16(job: &Job<Self>, q: usize, tile: usize, sums: __m512, dst: &mut [Self]);
 }
 
 /// `$body::<PIXELS, TILES>` for the runtime `(px, nt)`: one instance per width, so a short
@@ -783,6 +779,13 @@ impl TileKernel for f32 {
             }
         }
     }
+
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw")]
+    #[inline]
+    unsafe fn store16(job: &Job<f32>, q: usize, tile: usize, sums: __m512, dst: &mut [f32]) {
+        job.store(q, 2 * tile, _mm512_castps512_ps256(sums), dst);
+        job.store(q, 2 * tile + 1, _mm512_extractf32x8_ps::<1>(sums), dst);
+    }
 }
 
 impl TileKernel for u16 {
@@ -793,37 +796,50 @@ impl TileKernel for u16 {
         px: usize,
         nt: usize,
         panel: &[u16],
-        dst: &mut [f32],
+        dst: &mut [u16],
     ) {
         assert_eq!(kernel, Kernel::Bf16Avx512, "an f32 kernel with bf16 panels");
         // SAFETY: the caller checked the kernel's instructions.
         unsafe { dispatch!(tile_bf16, job, p0, px, nt, panel, dst; 1 2 3 4 5 6 7 8 9 10 11 12) }
     }
+
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw")]
+    #[inline]
+    unsafe fn store16(job: &Job<u16>, q: usize, tile: usize, sums: __m512, dst: &mut [u16]) {
+        let (lo, hi) = (job.offset(q, 2 * tile), job.offset(q, 2 * tile + 1));
+        let mut v = sums;
+        if let Some(r) = job.residual {
+            // SAFETY: each slice holds the 8 bf16 of a block.
+            let bits = unsafe {
+                let r_lo = _mm_loadu_si128(r[lo..lo + LANES].as_ptr().cast());
+                let r_hi = _mm_loadu_si128(r[hi..hi + LANES].as_ptr().cast());
+                _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(r_lo), r_hi)
+            };
+            let r = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits));
+            v = _mm512_add_ps(v, _mm512_castsi512_ps(r));
+        }
+        if let Some(s) = job.slope {
+            v = _mm512_max_ps(v, _mm512_mul_ps(v, _mm512_set1_ps(s)));
+        }
+        let out = bf16_bits16(v);
+        // SAFETY: as above.
+        unsafe {
+            _mm_storeu_si128(
+                dst[lo..lo + LANES].as_mut_ptr().cast(),
+                _mm256_castsi256_si128(out),
+            );
+            _mm_storeu_si128(
+                dst[hi..hi + LANES].as_mut_ptr().cast(),
+                _mm256_extracti128_si256::<1>(out),
+            );
+        }
+    }
 }
 
-impl<E> Job<'_, E> {
-    /// Stores 8 sums of output pixel `q` (plane offset of block `block` of these output
-    /// tiles), adding the residual and applying the activation.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn store(&self, q: usize, block: usize, sums: __m256, dst: &mut [f32]) {
-        let o = block * self.po.len() + self.po.at(q / self.po.w, q % self.po.w);
-        let mut v = sums;
-        if let Some(r) = self.residual {
-            v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(r[o..o + LANES].as_ptr()) });
-        }
-        if let Some(s) = self.slope {
-            v = _mm256_max_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(s)));
-        }
-        unsafe { _mm256_storeu_ps(dst[o..o + LANES].as_mut_ptr(), v) };
-    }
-
-    /// Stores the 16 sums of output tile `tile` for output pixel `q` (its two blocks).
-    #[target_feature(enable = "avx512f,avx512dq")]
-    #[inline]
-    fn store16(&self, q: usize, tile: usize, sums: __m512, dst: &mut [f32]) {
-        self.store(q, 2 * tile, _mm512_castps512_ps256(sums), dst);
-        self.store(q, 2 * tile + 1, _mm512_extractf32x8_ps::<1>(sums), dst);
+impl<E: Elem> Job<'_, E> {
+    /// Where the 8 channels of output pixel `q` in block `block` of these output tiles are.
+    fn offset(&self, q: usize, block: usize) -> usize {
+        block * self.po.len() + self.po.at(q / self.po.w, q % self.po.w)
     }
 
     /// The start of an AVX-512 register tile of `TW` pixels and `NT` output tiles: checks the
@@ -849,23 +865,40 @@ impl<E> Job<'_, E> {
     }
 
     /// Stores an AVX-512 register tile's sums for pixels `p0..p0 + TW`.
-    #[target_feature(enable = "avx512f,avx512dq")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw")]
     #[inline]
     fn finish512<const TW: usize, const NT: usize>(
         &self,
         p0: usize,
         acc: &[[__m512; NT]; TW],
-        dst: &mut [f32],
+        dst: &mut [E],
     ) {
         for (j, acc) in acc.iter().enumerate() {
             for (t, &a) in acc.iter().enumerate() {
-                self.store16(p0 + j, t, a, dst);
+                // SAFETY: this function's features.
+                unsafe { E::store16(self, p0 + j, t, a, dst) };
             }
         }
     }
 }
 
 impl Job<'_, f32> {
+    /// Stores 8 sums of output pixel `q` (plane offset of block `block` of these output
+    /// tiles), adding the residual and applying the activation.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn store(&self, q: usize, block: usize, sums: __m256, dst: &mut [f32]) {
+        let o = self.offset(q, block);
+        let mut v = sums;
+        if let Some(r) = self.residual {
+            v = _mm256_add_ps(v, unsafe { _mm256_loadu_ps(r[o..o + LANES].as_ptr()) });
+        }
+        if let Some(s) = self.slope {
+            v = _mm256_max_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(s)));
+        }
+        unsafe { _mm256_storeu_ps(dst[o..o + LANES].as_mut_ptr(), v) };
+    }
+
     /// One output tile (16 channels), pixels `p0..p0 + px` (`px <= 5`), AVX2.
     ///
     /// # Safety
@@ -957,7 +990,7 @@ impl Job<'_, u16> {
         &self,
         p0: usize,
         panel: &[u16],
-        dst: &mut [f32],
+        dst: &mut [u16],
     ) {
         let (tile_len, steps, mut acc) = self.start512::<TW, NT>(panel.len());
         let (w, x) = (self.weights.as_ptr(), panel.as_ptr());

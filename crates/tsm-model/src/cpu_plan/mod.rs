@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 use crate::ops::shift_folds;
 use crate::resnet::Recorder;
-use kernels::{BlockSources, Blocked, PackedConv, LANES};
+use kernels::{BlockSources, Blocked, Elem, PackedConv, LANES};
 pub(crate) use kernels::{Kernel, NoKernel};
 
 /// One conv of the plan.
@@ -49,9 +49,14 @@ pub(crate) struct CpuPlan {
     stem: Vec<Conv>,
     blocks: Vec<Block>,
     out_channels: usize,
-    /// The weights' dtype: the dtype of the feature maps it returns.
-    dtype: DType,
-    arena: KeptArena,
+    /// The activations between calls, in the weights' dtype (f32, or bf16 bits).
+    arena: Activations,
+}
+
+/// A plan's kept activation buffers, of its kernel's element type.
+enum Activations {
+    F32(KeptArena<f32>),
+    Bf16(KeptArena<u16>),
 }
 
 impl std::fmt::Debug for CpuPlan {
@@ -189,28 +194,44 @@ impl CpuPlan {
             stem: stem_convs,
             blocks: plan_blocks,
             out_channels,
-            dtype: match kernel {
-                Kernel::Bf16Avx512 => DType::BF16,
-                Kernel::F32Avx2 | Kernel::F32Avx512 => DType::F32,
+            arena: match kernel {
+                Kernel::Bf16Avx512 => Activations::Bf16(KeptArena::default()),
+                Kernel::F32Avx2 | Kernel::F32Avx512 => Activations::F32(KeptArena::default()),
             },
-            arena: KeptArena::default(),
         }))
     }
 
     /// The weights' dtype, which the plan takes and returns.
     pub(crate) fn dtype(&self) -> DType {
-        self.dtype
+        match self.arena {
+            Activations::F32(_) => DType::F32,
+            Activations::Bf16(_) => DType::BF16,
+        }
     }
 
     /// Feature maps `[n, C, h', w']` of frames `[n, 3, h, w]` (on the CPU, in the plan's
     /// dtype).
     pub(crate) fn forward(&self, frames: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
+        let maps = match &self.arena {
+            Activations::F32(kept) => self.forward_in(kept, frames, rec),
+            Activations::Bf16(kept) => self.forward_in(kept, frames, rec),
+        }?;
+        maps.to_dtype(self.dtype())
+    }
+
+    /// [`Self::forward`] with activations of `E`, kept in `kept`; returns f32 maps.
+    fn forward_in<E: Elem>(
+        &self,
+        kept: &KeptArena<E>,
+        frames: &Tensor,
+        rec: &mut Recorder,
+    ) -> Result<Tensor> {
         let (n, c, h, w) = frames.dims4()?;
         let cin = self.stem.first().map_or(0, |s| s.packed.cin);
         if c != cin {
             candle_core::bail!("frames have {c} channels, the model takes {cin}")
         }
-        // the layers pass f32 activations (the bf16 kernel rounds them as it packs them)
+        // rounded to bf16 (for the bf16 kernel) as they enter the blocked layout
         let frames = frames.to_dtype(DType::F32)?.contiguous()?;
         let (storage, layout) = frames.storage_and_layout();
         let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
@@ -220,7 +241,7 @@ impl CpuPlan {
         };
         let key = (n, c, h, w);
         let mut pass = Pass {
-            arena: self.arena.take(key),
+            arena: kept.take(key),
             rec,
         };
         let mut cur = pass.alloc(n, c.div_ceil(LANES), h, w);
@@ -256,20 +277,20 @@ impl CpuPlan {
         )?;
         let dims = (n, self.out_channels, cur.h, cur.w);
         pass.give(cur);
-        self.arena.put(pass.arena);
-        Tensor::from_vec(maps, dims, frames.device())?.to_dtype(self.dtype)
+        kept.put(pass.arena);
+        Tensor::from_vec(maps, dims, frames.device())
     }
 }
 
 /// One forward pass: its activation memory and profile.
-struct Pass<'a, 'r> {
-    arena: Arena,
+struct Pass<'a, 'r, E> {
+    arena: Arena<E>,
     rec: &'a mut Recorder<'r>,
 }
 
-impl Pass<'_, '_> {
+impl<E: Elem> Pass<'_, '_, E> {
     /// One residual block on `x`.
-    fn block(&mut self, block: &Block, x: &Blocked) -> Result<Blocked> {
+    fn block(&mut self, block: &Block, x: &Blocked<E>) -> Result<Blocked<E>> {
         let short = match &block.short {
             Shortcut::Identity => None,
             Shortcut::Conv { conv, pool_first } => {
@@ -293,7 +314,7 @@ impl Pass<'_, '_> {
                 Some(s)
             }
         };
-        let mut y: Option<Blocked> = None;
+        let mut y: Option<Blocked<E>> = None;
         for (i, conv) in block.branch.iter().enumerate() {
             let last = i + 1 == block.branch.len();
             let sources = if i == 0 { block.sources } else { None };
@@ -317,11 +338,11 @@ impl Pass<'_, '_> {
     fn conv(
         &mut self,
         conv: &Conv,
-        x: &Blocked,
+        x: &Blocked<E>,
         sources: Option<BlockSources>,
-        residual: Option<&Blocked>,
+        residual: Option<&Blocked<E>>,
         act: bool,
-    ) -> Result<Blocked> {
+    ) -> Result<Blocked<E>> {
         let p = &conv.packed;
         let mut out = self.alloc(x.n, p.cout / LANES, p.out_size(x.h), p.out_size(x.w));
         self.rec.run(
@@ -334,8 +355,8 @@ impl Pass<'_, '_> {
         Ok(out)
     }
 
-    fn alloc(&mut self, n: usize, cb: usize, h: usize, w: usize) -> Blocked {
-        let (slot, data) = self.arena.take(Blocked::len(n, cb, h, w));
+    fn alloc(&mut self, n: usize, cb: usize, h: usize, w: usize) -> Blocked<E> {
+        let (slot, data) = self.arena.take(Blocked::<E>::len(n, cb, h, w));
         Blocked {
             n,
             cb,
@@ -346,7 +367,7 @@ impl Pass<'_, '_> {
         }
     }
 
-    fn give(&mut self, x: Blocked) {
+    fn give(&mut self, x: Blocked<E>) {
         self.arena.give(x.slot, x.data);
     }
 }
@@ -359,11 +380,11 @@ impl Pass<'_, '_> {
 /// allocate nothing and no page is mapped (and zeroed by the kernel) again. A pass on another
 /// size records anew, freeing the old buffers. Concurrent passes on one model: one gets the
 /// kept buffers, the others allocate their own.
-struct Arena {
+struct Arena<E> {
     /// The input `[n, c, h, w]` the record is for.
     key: (usize, usize, usize, usize),
     /// Every buffer; `None` while lent out.
-    slots: Vec<Option<Vec<f32>>>,
+    slots: Vec<Option<Vec<E>>>,
     /// The slot that served each request, in order.
     record: Vec<usize>,
     /// Replaying `record` (else recording it); the next request's index.
@@ -371,7 +392,7 @@ struct Arena {
     next: usize,
 }
 
-impl Arena {
+impl<E: Copy + Default> Arena<E> {
     fn new(key: (usize, usize, usize, usize)) -> Self {
         Self {
             key,
@@ -383,7 +404,7 @@ impl Arena {
     }
 
     /// A slot and its buffer of `len` elements, contents unspecified.
-    fn take(&mut self, len: usize) -> (usize, Vec<f32>) {
+    fn take(&mut self, len: usize) -> (usize, Vec<E>) {
         let replayed = self
             .replay
             .then(|| self.record.get(self.next).copied())
@@ -417,12 +438,12 @@ impl Arena {
         // it has served, so a replay never writes zeros into it
         let mut buf = self.slots[slot].take().unwrap_or_default();
         if buf.len() < len {
-            buf.resize(len, 0.0);
+            buf.resize(len, E::default());
         }
         (slot, buf)
     }
 
-    fn give(&mut self, slot: usize, buf: Vec<f32>) {
+    fn give(&mut self, slot: usize, buf: Vec<E>) {
         if let Some(s) = self.slots.get_mut(slot) {
             *s = Some(buf);
         }
@@ -430,13 +451,18 @@ impl Arena {
 }
 
 /// Where a model keeps its [`Arena`] between passes.
-#[derive(Default)]
-struct KeptArena(Mutex<Option<Arena>>);
+struct KeptArena<E>(Mutex<Option<Arena<E>>>);
 
-impl KeptArena {
+impl<E> Default for KeptArena<E> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<E: Copy + Default> KeptArena<E> {
     /// The kept arena for input `key`, set to replay; a new one for another size, or while
     /// another pass holds it.
-    fn take(&self, key: (usize, usize, usize, usize)) -> Arena {
+    fn take(&self, key: (usize, usize, usize, usize)) -> Arena<E> {
         let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         match kept {
             Some(mut a) if a.key == key => {
@@ -449,7 +475,7 @@ impl KeptArena {
     }
 
     /// Keeps `arena` for the next pass.
-    fn put(&self, arena: Arena) {
+    fn put(&self, arena: Arena<E>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(arena);
     }
 }
