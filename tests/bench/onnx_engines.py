@@ -9,7 +9,8 @@ with AMX or AVX-512 BF16). Random clips of the model's input shape at BATCH clip
 warm-up iteration, then ITERS timed ones. Prints one JSON line: clips, seconds, peak_rss_mb and
 precision (what the engine computed in).
 
-ENGINE `openvino-f32-profile`: `openvino-f32` compiled with PERF_COUNT on; after the warm-up,
+ENGINE `openvino-f32-profile` (or `openvino-profile`): `openvino-f32` (or `openvino`) compiled
+with PERF_COUNT on; after the warm-up,
 sums OpenVINO's per-node performance counters (real time) over ITERS iterations and prints them
 per layer label, in the labels of tsm-model's profile: `conv KxK sS C->O HxW` (HxW the conv's
 input) from the ONNX graph with inferred shapes, else the kind of step (`max pool 3x3`,
@@ -99,7 +100,7 @@ def onnx_layers(path):
     return layers, {t: n.name for t, n in producer.items()}
 
 
-def openvino_profile(model_path, batch, iters, threads):
+def openvino_profile(model_path, batch, iters, threads, f32):
     import re
     from collections import Counter, defaultdict
 
@@ -121,11 +122,13 @@ def openvino_profile(model_path, batch, iters, threads):
     core = ov.Core()
     model = core.read_model(model_path)
     shape = [batch] + [d.get_length() for d in model.input(0).get_partial_shape()[1:]]
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    config = {"INFERENCE_NUM_THREADS": threads}
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     config["PERF_COUNT"] = True  # ov.properties.enable_profiling
     compiled = core.compile_model(model, "CPU", config)
     ran = compiled.get_property("INFERENCE_PRECISION_HINT")
-    if ran != ov.Type.f32:
+    if f32 and ran != ov.Type.f32:
         raise SystemExit(f"OpenVINO compiled the model in {ran}, not f32")
     origin = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -186,11 +189,12 @@ def openvino_profile(model_path, batch, iters, threads):
         }
         print(json.dumps(line))
     total = sum(seconds.values()) * 1e3 / iters
-    print(json.dumps({"total_ms": round(total, 4), "iters": iters, "precision": "f32"}))
+    precision = ran.get_type_name()
+    print(json.dumps({"total_ms": round(total, 4), "iters": iters, "precision": precision}))
 
 
-if engine == "openvino-f32-profile":
-    openvino_profile(model_path, batch, iters, threads)
+if engine in ("openvino-profile", "openvino-f32-profile"):
+    openvino_profile(model_path, batch, iters, threads, f32=engine == "openvino-f32-profile")
     sys.exit(0)
 
 if engine == "onnxruntime":
@@ -228,7 +232,8 @@ elif engine in ("openvino", "openvino-f32"):
 
 else:
     raise SystemExit(
-        f"unknown engine {engine} (onnxruntime, openvino, openvino-f32, openvino-f32-profile)"
+        f"unknown engine {engine} (onnxruntime, openvino, openvino-f32, openvino-f32-profile, "
+        "openvino-profile)"
     )
 
 clips = np.random.default_rng(0).normal(0.0, 1.0, shape).astype(np.float32)

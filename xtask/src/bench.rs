@@ -584,7 +584,7 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
                     .args(["--dtype", "bf16"])
                     .env("RAYON_NUM_THREADS", &threads),
             )?;
-            match bf16.lines().find_map(|l| l.strip_prefix("{\"skipped\": ")) {
+            match skipped(&bf16) {
                 Some(why) => eprintln!("xtask: bench model: {TSM_BF16} not run: {why}"),
                 None => record(label, TSM_BF16.into(), parse_measurement(&bf16)?),
             }
@@ -676,39 +676,67 @@ pub fn model_profile(threads: Option<usize>, iters: usize) -> Result<()> {
     layer_profile(&ModelBench::build()?, &thread_count(threads), iters)
 }
 
+/// Why model_bench skipped its run, where it printed a `{"skipped": ..}` line.
+fn skipped(stdout: &str) -> Option<&str> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("{\"skipped\": "))
+}
+
 /// Prints our per-layer profile of one batch-1 eval forward (model_bench's own table, on its
 /// stderr), then that profile joined with OpenVINO's performance counters for the same model
-/// (f32, the same threads, averaged over `ov_iters` forwards after a warm-up): one row per
-/// layer, so that the next gap is visible at a glance.
+/// (the same threads, averaged over `ov_iters` forwards after a warm-up): one row per layer, so
+/// that the next gap is visible at a glance. Once in f32 against OpenVINO's f32, then, where
+/// this CPU runs our bf16 kernel, in bf16 against OpenVINO's default precision.
 fn layer_profile(bench: &ModelBench, threads: &str, ov_iters: usize) -> Result<()> {
-    let mut cmd = Command::new(&bench.ours);
-    cmd.args(["eval", "50", "8", "224", "1", "0", "--profile"])
+    for (dtype, engine) in [
+        ("f32", "openvino-f32-profile"),
+        ("bf16", "openvino-profile"),
+    ] {
+        let mut cmd = Command::new(&bench.ours);
+        cmd.args([
+            "eval",
+            "50",
+            "8",
+            "224",
+            "1",
+            "0",
+            "--profile",
+            "--dtype",
+            dtype,
+        ])
         .env("RAYON_NUM_THREADS", threads);
-    eprintln!("xtask: bench: {cmd:?}");
-    let out = cmd.output().context("running our profile")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("our profile run failed: {}", stderr.trim_end());
+        eprintln!("xtask: bench: {cmd:?}");
+        let out = cmd.output().context("running our profile")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("our profile run failed: {}", stderr.trim_end());
+        }
+        if let Some(why) = skipped(&String::from_utf8_lossy(&out.stdout)) {
+            eprintln!("xtask: bench: the {dtype} per-layer profile not run: {why}");
+            continue;
+        }
+        println!("{}", stderr.trim_end());
+        let ours = parse_our_profile(&stderr).context("reading model_bench's profile table")?;
+        let stdout = bench_stdout(
+            Command::new(&bench.python)
+                .arg(project_root().join("tests/bench/onnx_engines.py"))
+                .arg(engine)
+                .arg(&bench.onnx)
+                .args(["1", &ov_iters.to_string(), threads])
+                .env("OMP_NUM_THREADS", threads)
+                .stderr(std::process::Stdio::inherit()),
+        )?;
+        let (ov, ov_total, ov_precision) =
+            parse_ov_profile(&stdout).context("reading onnx_engines.py's OpenVINO profile")?;
+        println!(
+            "\nper layer, batch-1 eval forward, {threads} thread(s): tsm-rs {dtype} (one forward) \
+             against OpenVINO's performance counters (it ran {ov_precision}; mean of {ov_iters} \
+             forwards); convs joined on `conv KxK sS C->O HxW` (HxW the input), other steps by \
+             kind"
+        );
+        print_joined(&join_profiles(&ours, &ov), &ours, ov_total);
     }
-    println!("{}", stderr.trim_end());
-    let ours = parse_our_profile(&stderr).context("reading model_bench's profile table")?;
-    let stdout = bench_stdout(
-        Command::new(&bench.python)
-            .arg(project_root().join("tests/bench/onnx_engines.py"))
-            .arg("openvino-f32-profile")
-            .arg(&bench.onnx)
-            .args(["1", &ov_iters.to_string(), threads])
-            .env("OMP_NUM_THREADS", threads)
-            .stderr(std::process::Stdio::inherit()),
-    )?;
-    let (ov, ov_total) =
-        parse_ov_profile(&stdout).context("reading onnx_engines.py's OpenVINO profile")?;
-    println!(
-        "\nper layer, batch-1 eval forward, {threads} thread(s): tsm-rs (one forward) against \
-         OpenVINO f32's performance counters (mean of {ov_iters} forwards); convs joined on \
-         `conv KxK sS C->O HxW` (HxW the input), other steps by kind"
-    );
-    print_joined(&join_profiles(&ours, &ov), &ours, ov_total);
     Ok(())
 }
 
@@ -809,13 +837,16 @@ struct OvLayer {
     fused_into: String,
 }
 
-/// The per-label lines and the total ms per forward.
-fn parse_ov_profile(stdout: &str) -> Result<(Vec<OvLayer>, f64)> {
+/// The per-label lines, the total ms per forward and the precision OpenVINO ran.
+fn parse_ov_profile(stdout: &str) -> Result<(Vec<OvLayer>, f64, String)> {
     let mut layers = Vec::new();
     let mut total = None;
     for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
         if line.contains("\"total_ms\"") {
-            total = Some(json_number(line, "total_ms")?);
+            total = Some((
+                json_number(line, "total_ms")?,
+                json_string(line, "precision")?,
+            ));
             continue;
         }
         layers.push(OvLayer {
@@ -827,7 +858,8 @@ fn parse_ov_profile(stdout: &str) -> Result<(Vec<OvLayer>, f64)> {
             fused_into: json_string(line, "fused_into")?,
         });
     }
-    Ok((layers, total.context("no total_ms line")?))
+    let (total, precision) = total.context("no total_ms line")?;
+    Ok((layers, total, precision))
 }
 
 /// The string under key `k` of a flat one-line JSON object.
@@ -1083,8 +1115,8 @@ mod tests {
                       {\"label\": \"q\\\"\\u00e9\", \"ms\": 0.0, \"nodes\": 0, \"exec_type\": \"\", \
                       \"fused\": \"\", \"fused_into\": \"conv\"}\n\
                       {\"total_ms\": 947.7, \"iters\": 2, \"precision\": \"f32\"}\n";
-        let (layers, total) = parse_ov_profile(stdout).unwrap();
-        assert_eq!(total, 947.7);
+        let (layers, total, precision) = parse_ov_profile(stdout).unwrap();
+        assert_eq!((total, precision.as_str()), (947.7, "f32"));
         assert_eq!(layers.len(), 2);
         assert_eq!(layers[0].label, "conv 1x1 s1 64->256 56x56");
         assert_eq!((layers[0].ms, layers[0].nodes), (56.46, 4));

@@ -118,7 +118,9 @@ enum BenchWhat {
     },
     /// Only the per-layer profile that `bench model` ends with: our batch-1 eval forward, step
     /// by step, joined with OpenVINO's performance counters for the same layers of our exported
-    /// model (f32, same threads; `tests/bench/onnx_engines.py openvino-f32-profile`).
+    /// model (same threads): in f32 against OpenVINO's f32 (`tests/bench/onnx_engines.py
+    /// openvino-f32-profile`), then, where this CPU runs our bf16 kernel, in bf16 against
+    /// OpenVINO's default precision (`openvino-profile`).
     ModelProfile {
         /// Threads for both sides (default: all cores).
         #[arg(long)]

@@ -196,30 +196,55 @@ fn pool<E: Elem>(
     x.check();
     out.check();
     assert_eq!(x.cb * x.n, out.cb * out.n, "pool: planes differ");
+    // every kernel of the plan runs on AVX2 or a superset
+    assert!(
+        is_x86_feature_detected!("avx2"),
+        "pool: the CPU plan without AVX2"
+    );
     let (pi, po) = (x.plane(), out.plane());
+    // compiled for AVX2: a pixel's 8 channels are one register (generic x86-64 code took
+    // 4.7x OpenVINO's time)
+    #[target_feature(enable = "avx2")]
+    fn pool_plane<E: Elem>(
+        (pi, po): (Plane, Plane),
+        (src, dst): (&[E], &mut [E]),
+        window: &impl Fn(usize, usize) -> std::ops::Range<usize>,
+        init: f32,
+        combine: &impl Fn(f32, f32) -> f32,
+        finish: &impl Fn(f32, usize) -> f32,
+    ) {
+        po.zero_border(dst);
+        for oy in 0..po.h {
+            let rows = window(oy, pi.h);
+            for ox in 0..po.w {
+                let cols = window(ox, pi.w);
+                let mut acc = [init; LANES];
+                for y in rows.clone() {
+                    for xi in cols.clone() {
+                        let Some(v) = src[pi.at(y, xi)..].first_chunk::<LANES>() else {
+                            unreachable!("a pixel inside its plane")
+                        };
+                        for (a, &v) in acc.iter_mut().zip(v) {
+                            *a = combine(*a, v.to_f32());
+                        }
+                    }
+                }
+                let cells = rows.len() * cols.len();
+                let Some(d) = dst[po.at(oy, ox)..].first_chunk_mut::<LANES>() else {
+                    unreachable!("a pixel inside its plane")
+                };
+                for (d, a) in d.iter_mut().zip(acc) {
+                    *d = E::from_f32(finish(a, cells));
+                }
+            }
+        }
+    }
     out.buf_mut()
         .par_chunks_mut(po.len())
         .zip(x.buf().par_chunks(pi.len()))
         .for_each(|(dst, src)| {
-            po.zero_border(dst);
-            for oy in 0..po.h {
-                let rows = window(oy, pi.h);
-                for ox in 0..po.w {
-                    let cols = window(ox, pi.w);
-                    let mut acc = [init; LANES];
-                    for y in rows.clone() {
-                        for xi in cols.clone() {
-                            for (a, &v) in acc.iter_mut().zip(&src[pi.at(y, xi)..][..LANES]) {
-                                *a = combine(*a, v.to_f32());
-                            }
-                        }
-                    }
-                    let cells = rows.len() * cols.len();
-                    for (d, a) in dst[po.at(oy, ox)..][..LANES].iter_mut().zip(acc) {
-                        *d = E::from_f32(finish(a, cells));
-                    }
-                }
-            }
+            // SAFETY: the CPU has AVX2 (asserted above).
+            unsafe { pool_plane((pi, po), (src, dst), &window, init, &combine, &finish) }
         });
 }
 
