@@ -3,14 +3,18 @@
 //!
 //! Activations are [`Blocked`]: `[frames][C/8][H+2][W+2][8]` f32 (or bf16), the 8 channels of
 //! a pixel in one 256-bit register (or half of one), each plane framed by a one-pixel zero
-//! border that is the 3x3 convs' padding. A convolution is a register tile of output pixels x output channels (see
-//! [`Kernel`]) that takes, per input channel, one load of pre-packed weights per 16 output
-//! channels and one broadcast per pixel from a panel: the tile's input pixels for every tap and
-//! channel, packed once per task into a buffer that stays in L2 while every output tile of the
-//! task reads it. The bf16 kernel keeps everything it stores as bf16 (activations, panels and
-//! weights) and sums in f32: each layer's sums are rounded once, as they are stored. Bias, the
-//! residual add, the leaky ReLU and the temporal shift are folded into that pass: the shift
-//! only changes which frame the packing reads each input channel from.
+//! border that is the 3x3 convs' padding. A convolution is a register tile of output pixels
+//! (up to 12 of one output row) x output channels (see [`Kernel`]) that takes, per input
+//! channel, one load of pre-packed weights per 16 output channels and one broadcast per pixel.
+//! A stride-1 tile whose frame reads every input block whole broadcasts straight from the
+//! activations (its pixels are side by side in each input row, so each (block, tap) step is
+//! one offset, as in oneDNN's brgemm); the others (stride 2, and blocks the temporal shift
+//! reads in part or not at all) read a panel, their input packed once per task into a buffer
+//! that stays in L2 while every output tile of the task reads it. The bf16 kernel keeps
+//! everything it stores as bf16 (activations, panels and weights) and sums in f32: each
+//! layer's sums are rounded once, as they are stored. Bias, the residual add, the leaky ReLU
+//! and the temporal shift are folded into that pass: the shift only changes which frame each
+//! input channel is read from.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -326,6 +330,7 @@ impl Kernel {
 /// spills one of them on every step: measured slower.)
 const AVX2_PIXELS: usize = 5;
 /// Output pixels per AVX-512 register tile: 12 x 2 accumulators and 2 weight registers of 32.
+/// (With 14, the bf16 tile no longer fits its broadcast in a register: measured half speed.)
 const AVX512_PIXELS: usize = 12;
 
 /// A convolution with its BN folded in, weights packed for the register tile:
@@ -465,6 +470,60 @@ impl BlockSources {
     }
 }
 
+/// Whether `reads` (of a frame with `cb` input blocks) read every block whole.
+fn complete(reads: &[Source], cb: usize) -> bool {
+    reads.len() == cb
+        && reads
+            .iter()
+            .enumerate()
+            .all(|(b, r)| r.block == b && (r.lo, r.hi) == (0, LANES))
+}
+
+/// Where each step of a register tile's input (8 input channels of one block and tap) starts,
+/// relative to the tile's first pixel.
+struct StepOffsets {
+    offsets: Vec<usize>,
+    max: usize,
+}
+
+impl StepOffsets {
+    fn new(offsets: Vec<usize>) -> Self {
+        let max = offsets.iter().copied().max().unwrap_or(0);
+        Self { offsets, max }
+    }
+}
+
+/// A register tile's input: pixel `j` of step `s` is the 8 values at
+/// `data[origin + offsets[s] + 8 j..]`, in a packed panel or in the activations themselves.
+pub(super) struct TileInput<'a, E> {
+    data: &'a [E],
+    origin: usize,
+    offsets: &'a [usize],
+    /// `origin` + the largest offset.
+    last_step: usize,
+}
+
+impl<'a, E> TileInput<'a, E> {
+    fn new(data: &'a [E], origin: usize, steps: &'a StepOffsets) -> Self {
+        Self {
+            data,
+            origin,
+            offsets: &steps.offsets,
+            last_step: origin + steps.max,
+        }
+    }
+
+    /// Checks what a kernel's unchecked reads rely on: `steps` steps, each with `pixels` pixels
+    /// inside `data`; returns the pointer to the tile's first pixel.
+    fn start(&self, steps: usize, pixels: usize) -> *const E {
+        assert!(
+            self.offsets.len() == steps && self.last_step + pixels * LANES <= self.data.len(),
+            "register tile input: {steps} steps of {pixels} pixels do not fit"
+        );
+        self.data[self.origin..].as_ptr()
+    }
+}
+
 impl PackedConv {
     /// Packs `w [cout, cin, k, k]` (row-major) and `bias [cout]` for `kernel`; `cout` must be
     /// a multiple of 16 (input channels are zero-padded to whole blocks).
@@ -581,6 +640,9 @@ impl PackedConv {
         let frame_len = out.cb * po.len();
         let k = x.cb * self.k * self.k * LANES;
         let tiles_per_panel = (PANEL_BYTES / (k * pix * size_of::<E>())).max(1);
+        let tiles = row_tiles(po, pix);
+        // a packed panel's steps, one after another
+        let packed = StepOffsets::new((0..k / LANES).map(|s| s * pix * LANES).collect());
         let slope = act.then_some(LEAKY_SLOPE as f32);
         out.buf_mut()
             .par_chunks_mut(frame_len)
@@ -597,15 +659,38 @@ impl PackedConv {
                 for plane in dst.chunks_exact_mut(po.len()) {
                     po.zero_border(plane);
                 }
-                let pixels = po.h * po.w;
-                let tiles = pixels.div_ceil(pix);
-                with_panel(tiles_per_panel.min(tiles) * k * pix, |panel: &mut [E]| {
-                    for t0 in (0..tiles).step_by(tiles_per_panel) {
-                        let t1 = (t0 + tiles_per_panel).min(tiles);
-                        for t in t0..t1 {
-                            let tile = &mut panel[(t - t0) * k * pix..][..k * pix];
-                            self.pack(x, &reads, t * pix, pixels, (pi, po), tile);
-                        }
+                // with every block read whole, a tile inside one input row reads the
+                // activations themselves: step (block, tap) at that block's plane and tap
+                let direct = (self.stride == 1 && complete(&reads, x.cb)).then(|| {
+                    StepOffsets::new(
+                        reads
+                            .iter()
+                            .flat_map(|r| {
+                                let plane = (r.frame * x.cb + r.block) * pi.len();
+                                self.taps()
+                                    .map(move |(kh, kw)| plane + (kh * pi.wp() + kw) * LANES)
+                            })
+                            .collect(),
+                    )
+                });
+                let panels = tiles_per_panel.min(tiles.len());
+                with_panel(panels * k * pix, |panel: &mut [E]| {
+                    for chunk in tiles.chunks(tiles_per_panel) {
+                        // each tile's place in the activations where it reads them directly;
+                        // the others are packed
+                        let origins: Vec<Option<usize>> = chunk
+                            .iter()
+                            .zip(panel.chunks_exact_mut(k * pix))
+                            .map(|(&(p0, px), tile)| {
+                                let at = self.tile_pixels(p0, px, (pi, po));
+                                let one_run = at[..px].windows(2).all(|p| p[1] == p[0] + LANES);
+                                if direct.is_some() && one_run {
+                                    return Some(at[0]);
+                                }
+                                self.pack(x, &reads, (&at, px, one_run), pi, tile);
+                                None
+                            })
+                            .collect();
                         // register tiles of `nt` output tiles (one fewer at an odd end)
                         let span = nt * 2 * po.len();
                         for (i, out_tiles) in dst.chunks_mut(span).enumerate() {
@@ -618,13 +703,18 @@ impl PackedConv {
                                 slope,
                                 po,
                             };
-                            for t in t0..t1 {
-                                let tile = &panel[(t - t0) * k * pix..][..k * pix];
-                                let px = (pixels - t * pix).min(pix);
+                            let panels = panel.chunks_exact(k * pix);
+                            for ((&(p0, px), origin), tile) in
+                                chunk.iter().zip(&origins).zip(panels)
+                            {
+                                let input = match (origin, &direct) {
+                                    (Some(o), Some(offsets)) => {
+                                        TileInput::new(x.buf(), *o, offsets)
+                                    }
+                                    _ => TileInput::new(tile, 0, &packed),
+                                };
                                 // SAFETY: the plan checked `runs_here()` of this kernel.
-                                unsafe {
-                                    E::tile(self.kernel, &job, t * pix, px, n, tile, out_tiles)
-                                }
+                                unsafe { E::tile(self.kernel, &job, p0, px, n, &input, out_tiles) }
                             }
                         }
                     }
@@ -632,38 +722,49 @@ impl PackedConv {
             });
     }
 
-    /// The panel of output pixels `p0..p0 + pixels()` (fewer at the end): for each input
-    /// block, tap and pixel, the 8 channels the conv multiplies, in the weights' order
-    /// `[block][tap][pixel][8]`. Channels that the shift leaves empty are zeros.
+    /// The offset in a plane of tap (0, 0) of each pixel of the register tile of output
+    /// pixels `p0..p0 + px` (padded coordinates: the border is the padding; past the last
+    /// pixel, the last).
+    fn tile_pixels(
+        &self,
+        p0: usize,
+        px: usize,
+        (pi, po): (Plane, Plane),
+    ) -> [usize; AVX512_PIXELS] {
+        let origin = 1 - self.pad;
+        std::array::from_fn(|j| {
+            let q = p0 + j.min(px - 1);
+            let (oy, ox) = (q / po.w, q % po.w);
+            ((oy * self.stride + origin) * pi.wp() + ox * self.stride + origin) * LANES
+        })
+    }
+
+    /// The taps `(kh, kw)` in the weights' order.
+    fn taps(&self) -> impl Iterator<Item = (usize, usize)> + Clone {
+        let k = self.k;
+        (0..k).flat_map(move |kh| (0..k).map(move |kw| (kh, kw)))
+    }
+
+    /// The panel of a register tile (`at` as [`Self::tile_pixels`] gives it, `npx` pixels;
+    /// `one_run`: the pixels side by side in one input row): for each input block, tap and
+    /// pixel, the 8 channels the conv multiplies, in the weights' order `[block][tap][pixel][8]`.
+    /// Channels that the shift leaves empty are zeros.
     fn pack<E: Elem>(
         &self,
         x: &Blocked<E>,
         reads: &[Source],
-        p0: usize,
-        pixels: usize,
-        (pi, po): (Plane, Plane),
+        (at, npx, one_run): (&[usize; AVX512_PIXELS], usize, bool),
+        pi: Plane,
         panel: &mut [E],
     ) {
         let kk = self.k * self.k;
         let pix = self.kernel.pixels();
-        let complete = reads.len() == x.cb && reads.iter().all(|r| (r.lo, r.hi) == (0, LANES));
-        if !complete {
+        if !complete(reads, x.cb) {
             // blocks or lanes the shift leaves empty (pixels past the end need no zeros: their
             // sums are never stored)
             panel.fill(E::default());
         }
-        let npx = pix.min(pixels - p0);
-        let origin = 1 - self.pad;
-        // offset in a plane of each pixel's tap (0, 0) (padded coordinates: the border is the
-        // padding)
-        let at: [usize; AVX512_PIXELS] = std::array::from_fn(|j| {
-            let q = (p0 + j).min(pixels - 1);
-            let (oy, ox) = (q / po.w, q % po.w);
-            ((oy * self.stride + origin) * pi.wp() + ox * self.stride + origin) * LANES
-        });
-        // the tile's pixels side by side in one input row: each tap's panel step is one copy
-        let one_run = at[..npx].windows(2).all(|p| p[1] == p[0] + LANES);
-        let taps = (0..self.k).flat_map(|kh| (0..self.k).map(move |kw| (kh, kw)));
+        let taps = self.taps();
         for r in reads {
             let plane = &x.buf()[(r.frame * x.cb + r.block) * pi.len()..][..pi.len()];
             let full = (r.lo, r.hi) == (0, LANES);
@@ -675,7 +776,7 @@ impl PackedConv {
                     copy_run(&mut dst[..npx * LANES], src);
                     continue;
                 }
-                for (px, &o) in dst.chunks_exact_mut(LANES).zip(&at).take(npx) {
+                for (px, &o) in dst.chunks_exact_mut(LANES).zip(at).take(npx) {
                     let src = &plane[o + d..o + d + LANES];
                     if full {
                         px.copy_from_slice(src);
@@ -688,20 +789,45 @@ impl PackedConv {
     }
 }
 
-/// `dst = src`; a whole AVX-512 tile's run (most of them) in pieces of a fixed size, which the
-/// compiler moves with vector registers: a call to `memmove` per run was a third of the
-/// packing time. (Splitting wrapped tiles into runs too, or moving 64 bytes at a time, was
-/// measured slower.)
+/// The register tiles `(first pixel, pixels)` of an output plane: each inside one row (so that a
+/// stride-1 tile reads one run of each input row), a row split into tiles of at most `pix`
+/// pixels, as even as they go (14 -> 7 + 7 at 12 pixels, not 12 + 2: a short tile has fewer
+/// sums to hide each weight load behind).
+fn row_tiles(po: Plane, pix: usize) -> Vec<(usize, usize)> {
+    let per_row = po.w.div_ceil(pix);
+    let (base, wider) = (po.w / per_row.max(1), po.w % per_row.max(1));
+    (0..po.h)
+        .flat_map(|oy| {
+            (0..per_row).scan(0, move |x0, i| {
+                let px = base + usize::from(i < wider);
+                let tile = (oy * po.w + *x0, px);
+                *x0 += px;
+                Some(tile)
+            })
+        })
+        .collect()
+}
+
+/// `dst = src` (whole pixels) in pieces of a fixed size, which the compiler moves with vector
+/// registers: a call to `memmove` per run was a third of the packing time.
 fn copy_run<E: Copy>(dst: &mut [E], src: &[E]) {
     const PIECE: usize = 2 * LANES;
-    if dst.len() == AVX512_PIXELS * LANES && src.len() == dst.len() {
-        for (d, s) in dst.chunks_exact_mut(PIECE).zip(src.chunks_exact(PIECE)) {
-            if let (Some(d), Some(s)) = (d.first_chunk_mut::<PIECE>(), s.first_chunk::<PIECE>()) {
-                *d = *s;
-            }
+    assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(PIECE);
+    let mut s = src.chunks_exact(PIECE);
+    for (d, s) in (&mut d).zip(&mut s) {
+        if let (Some(d), Some(s)) = (d.first_chunk_mut::<PIECE>(), s.first_chunk::<PIECE>()) {
+            *d = *s;
         }
-    } else {
-        dst.copy_from_slice(src);
+    }
+    for (d, s) in d
+        .into_remainder()
+        .chunks_exact_mut(LANES)
+        .zip(s.remainder().chunks_exact(LANES))
+    {
+        if let (Some(d), Some(s)) = (d.first_chunk_mut::<LANES>(), s.first_chunk::<LANES>()) {
+            *d = *s;
+        }
     }
 }
 
@@ -749,7 +875,7 @@ pub(super) struct Job<'a, E> {
 
 /// The register tiles of an element type's kernels.
 pub(super) trait TileKernel: Sized {
-    /// Output pixels `p0..p0 + px` of `nt` output tiles from their panel, into `dst` (their
+    /// Output pixels `p0..p0 + px` of `nt` output tiles from `input`, into `dst` (their
     /// planes).
     ///
     /// # Safety
@@ -760,7 +886,7 @@ pub(super) trait TileKernel: Sized {
         p0: usize,
         px: usize,
         nt: usize,
-        panel: &[Self],
+        input: &TileInput<Self>,
         dst: &mut [Self],
     );
 
@@ -791,14 +917,14 @@ impl TileKernel for f32 {
         p0: usize,
         px: usize,
         nt: usize,
-        panel: &[f32],
+        input: &TileInput<f32>,
         dst: &mut [f32],
     ) {
         // SAFETY (all arms): the caller checked the kernel's instructions.
         unsafe {
             match kernel {
-                Kernel::F32Avx2 => job.tile_avx2(p0, px, panel, dst),
-                Kernel::F32Avx512 => dispatch!(tile_avx512, job, p0, px, nt, panel, dst;
+                Kernel::F32Avx2 => job.tile_avx2(p0, px, input, dst),
+                Kernel::F32Avx512 => dispatch!(tile_avx512, job, p0, px, nt, input, dst;
                     1 2 3 4 5 6 7 8 9 10 11 12),
                 Kernel::Bf16Avx512 => unreachable!("bf16 kernel with f32 panels"),
             }
@@ -820,12 +946,12 @@ impl TileKernel for u16 {
         p0: usize,
         px: usize,
         nt: usize,
-        panel: &[u16],
+        input: &TileInput<u16>,
         dst: &mut [u16],
     ) {
         assert_eq!(kernel, Kernel::Bf16Avx512, "an f32 kernel with bf16 panels");
         // SAFETY: the caller checked the kernel's instructions.
-        unsafe { dispatch!(tile_bf16, job, p0, px, nt, panel, dst; 1 2 3 4 5 6 7 8 9 10 11 12) }
+        unsafe { dispatch!(tile_bf16, job, p0, px, nt, input, dst; 1 2 3 4 5 6 7 8 9 10 11 12) }
     }
 
     #[target_feature(enable = "avx512f,avx512dq,avx512bw")]
@@ -869,24 +995,22 @@ impl<E: Elem> Job<'_, E> {
 
     /// The start of an AVX-512 register tile of `TW` pixels and `NT` output tiles: checks the
     /// lengths the kernel's loads rely on and returns the weights per output tile, the steps
-    /// of 8 input channels, and the sums started at the bias.
+    /// of 8 input channels, the input's first pixel and the sums started at the bias.
     #[target_feature(enable = "avx512f")]
     #[inline]
+    #[allow(clippy::type_complexity)]
     fn start512<const TW: usize, const NT: usize>(
         &self,
-        panel_len: usize,
-    ) -> (usize, usize, [[__m512; NT]; TW]) {
+        input: &TileInput<E>,
+    ) -> (usize, usize, *const E, [[__m512; NT]; TW]) {
         let tile_len = self.weights.len() / NT;
         let steps = tile_len / (LANES * OUT_TILE);
-        assert!(
-            panel_len >= steps * LANES * AVX512_PIXELS
-                && self.bias.len() == NT * OUT_TILE
-                && TW <= AVX512_PIXELS
-        );
+        assert!(self.bias.len() == NT * OUT_TILE && TW <= AVX512_PIXELS);
+        let x = input.start(steps, TW);
         let bias: [__m512; NT] = std::array::from_fn(|t| unsafe {
             _mm512_loadu_ps(self.bias[t * OUT_TILE..][..OUT_TILE].as_ptr())
         });
-        (tile_len, steps, [bias; TW])
+        (tile_len, steps, x, [bias; TW])
     }
 
     /// Stores an AVX-512 register tile's sums for pixels `p0..p0 + TW`.
@@ -929,32 +1053,33 @@ impl Job<'_, f32> {
     /// # Safety
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_avx2(&self, p0: usize, px: usize, panel: &[f32], dst: &mut [f32]) {
+    unsafe fn tile_avx2(&self, p0: usize, px: usize, input: &TileInput<f32>, dst: &mut [f32]) {
         match px {
-            1 => self.tile_avx2_n::<1>(p0, panel, dst),
-            2 => self.tile_avx2_n::<2>(p0, panel, dst),
-            3 => self.tile_avx2_n::<3>(p0, panel, dst),
-            4 => self.tile_avx2_n::<4>(p0, panel, dst),
-            _ => self.tile_avx2_n::<AVX2_PIXELS>(p0, panel, dst),
+            1 => self.tile_avx2_n::<1>(p0, input, dst),
+            2 => self.tile_avx2_n::<2>(p0, input, dst),
+            3 => self.tile_avx2_n::<3>(p0, input, dst),
+            4 => self.tile_avx2_n::<4>(p0, input, dst),
+            _ => self.tile_avx2_n::<AVX2_PIXELS>(p0, input, dst),
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn tile_avx2_n<const TW: usize>(&self, p0: usize, panel: &[f32], dst: &mut [f32]) {
-        let k = self.weights.len() / OUT_TILE;
-        assert!(panel.len() >= k * AVX2_PIXELS && self.bias.len() == OUT_TILE);
+    fn tile_avx2_n<const TW: usize>(&self, p0: usize, input: &TileInput<f32>, dst: &mut [f32]) {
+        assert!(self.bias.len() == OUT_TILE);
+        let x = input.start(self.weights.len() / (LANES * OUT_TILE), TW);
         let b0 = unsafe { _mm256_loadu_ps(self.bias.as_ptr()) };
         let b1 = unsafe { _mm256_loadu_ps(self.bias.as_ptr().add(LANES)) };
         let mut acc = [[b0, b1]; TW];
-        for (wb, xb) in self
+        for (wb, &offset) in self
             .weights
             .chunks_exact(LANES * OUT_TILE)
-            .zip(panel.chunks_exact(LANES * AVX2_PIXELS))
+            .zip(input.offsets)
         {
-            let (w, x) = (wb.as_ptr(), xb.as_ptr());
+            let w = wb.as_ptr();
             for ic in 0..LANES {
-                // SAFETY: `w` holds 8 x 16 weights and `x` 5 x 8 values (the zips' chunks).
+                // SAFETY: `w` holds 8 x 16 weights (the chunk), and the step `TW` x 8 values
+                // (checked by `start`).
                 let (w0, w1) = unsafe {
                     (
                         _mm256_loadu_ps(w.add(ic * OUT_TILE)),
@@ -962,7 +1087,7 @@ impl Job<'_, f32> {
                     )
                 };
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let v = unsafe { _mm256_broadcast_ss(&*x.add(j * LANES + ic)) };
+                    let v = unsafe { _mm256_broadcast_ss(&*x.add(offset + j * LANES + ic)) };
                     a[0] = _mm256_fmadd_ps(w0, v, a[0]);
                     a[1] = _mm256_fmadd_ps(w1, v, a[1]);
                 }
@@ -981,21 +1106,20 @@ impl Job<'_, f32> {
     fn tile_avx512<const TW: usize, const NT: usize>(
         &self,
         p0: usize,
-        panel: &[f32],
+        input: &TileInput<f32>,
         dst: &mut [f32],
     ) {
-        let (tile_len, steps, mut acc) = self.start512::<TW, NT>(panel.len());
-        let (w, x) = (self.weights.as_ptr(), panel.as_ptr());
-        for step in 0..steps {
+        let (tile_len, _, x, mut acc) = self.start512::<TW, NT>(input);
+        let w = self.weights.as_ptr();
+        for (step, &offset) in input.offsets.iter().enumerate() {
             for ic in 0..LANES {
-                // SAFETY: within the lengths asserted above: tile t's weights are
-                // `tile_len` long, each step 8 x 16 of them and 12 x 8 panel values.
+                // SAFETY: within the lengths checked by `start512`: tile t's weights are
+                // `tile_len` long, each step 8 x 16 of them and `TW` x 8 input values.
                 let wv: [__m512; NT] = std::array::from_fn(|t| unsafe {
                     _mm512_loadu_ps(w.add(t * tile_len + (step * LANES + ic) * OUT_TILE))
                 });
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let v =
-                        unsafe { _mm512_set1_ps(*x.add((step * AVX512_PIXELS + j) * LANES + ic)) };
+                    let v = unsafe { _mm512_set1_ps(*x.add(offset + j * LANES + ic)) };
                     for (a, &wv) in a.iter_mut().zip(&wv) {
                         *a = _mm512_fmadd_ps(wv, v, *a);
                     }
@@ -1014,11 +1138,11 @@ impl Job<'_, u16> {
     fn tile_bf16<const TW: usize, const NT: usize>(
         &self,
         p0: usize,
-        panel: &[u16],
+        input: &TileInput<u16>,
         dst: &mut [u16],
     ) {
-        let (tile_len, steps, mut acc) = self.start512::<TW, NT>(panel.len());
-        let (w, x) = (self.weights.as_ptr(), panel.as_ptr());
+        let (tile_len, steps, x, mut acc) = self.start512::<TW, NT>(input);
+        let (w, offsets) = (self.weights.as_ptr(), input.offsets.as_ptr());
         // one flat loop over (step, pair): with the pair loop inside, LLVM unrolls it, hoists
         // its weight loads and spills sums to the stack
         for i in 0..steps * LANES / 2 {
@@ -1030,7 +1154,7 @@ impl Job<'_, u16> {
             });
             for (j, a) in acc.iter_mut().enumerate() {
                 let v = unsafe {
-                    let p = x.add((step * AVX512_PIXELS + j) * LANES + 2 * pair);
+                    let p = x.add(*offsets.add(step) + j * LANES + 2 * pair);
                     let pair_bits = p.cast::<i32>().read_unaligned();
                     std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair_bits))
                 };
