@@ -108,9 +108,13 @@ impl<E> Blocked<E> {
     }
 }
 
-/// `x [n, c, h, w]` (NCHW) into `out` (`n` frames, `c.div_ceil(8)` blocks, channels past `c`
-/// zero).
-pub(super) fn to_blocked<E: Elem>(x: &[f32], c: usize, out: &mut Blocked<E>) {
+/// `x [n, c, h, w]` (NCHW, any float dtype: bf16 frames are read as they are, not copied to
+/// f32 first) into `out` (`n` frames, `c.div_ceil(8)` blocks, channels past `c` zero).
+pub(super) fn to_blocked<T: candle_core::WithDType, E: Elem>(
+    x: &[T],
+    c: usize,
+    out: &mut Blocked<E>,
+) {
     out.check();
     let p = out.plane();
     let (cb, hw) = (out.cb, p.h * p.w);
@@ -127,7 +131,7 @@ pub(super) fn to_blocked<E: Elem>(x: &[f32], c: usize, out: &mut Blocked<E>) {
                     for (l, v) in px.iter_mut().enumerate() {
                         let ch = b * LANES + l;
                         *v = if ch < c {
-                            E::from_f32(x[(frame * c + ch) * hw + y * p.w + xi])
+                            E::from_f32(x[(frame * c + ch) * hw + y * p.w + xi].to_f64() as f32)
                         } else {
                             E::default()
                         };
@@ -137,12 +141,12 @@ pub(super) fn to_blocked<E: Elem>(x: &[f32], c: usize, out: &mut Blocked<E>) {
         });
 }
 
-/// The first `c` channels of `x` as NCHW `[n, c, h, w]`.
-pub(super) fn from_blocked<E: Elem>(x: &Blocked<E>, c: usize) -> Vec<f32> {
+/// The first `c` channels of `x` as NCHW `[n, c, h, w]`, in the tensor type of its values.
+pub(super) fn from_blocked<E: Elem>(x: &Blocked<E>, c: usize) -> Vec<E::Value> {
     x.check();
     let p = x.plane();
     let hw = p.h * p.w;
-    let mut out = vec![0.0; x.n * c * hw];
+    let mut out = vec![E::default().to_value(); x.n * c * hw];
     if hw == 0 {
         return out;
     }
@@ -151,7 +155,7 @@ pub(super) fn from_blocked<E: Elem>(x: &Blocked<E>, c: usize) -> Vec<f32> {
         let plane = &x.buf()[(frame * x.cb + ch / LANES) * p.len()..][..p.len()];
         for y in 0..p.h {
             for xi in 0..p.w {
-                dst[y * p.w + xi] = plane[p.at(y, xi) + ch % LANES].to_f32();
+                dst[y * p.w + xi] = plane[p.at(y, xi) + ch % LANES].to_value();
             }
         }
     });
@@ -357,18 +361,27 @@ pub(super) enum Weights {
 /// An element of the activations, panels and weights of a kernel: f32, or bf16 bits for the
 /// bf16 kernel.
 pub(super) trait Elem: TileKernel + Copy + Default + Send + Sync + 'static {
+    /// The tensor element type with the same values (f32, or bf16 for the bits).
+    type Value: candle_core::WithDType;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
+    fn to_value(self) -> Self::Value;
     /// The packed weights, if they are of this type.
     fn weights(w: &Weights) -> Option<&[Self]>;
 }
 
 impl Elem for f32 {
+    type Value = f32;
+
     fn from_f32(v: f32) -> Self {
         v
     }
 
     fn to_f32(self) -> f32 {
+        self
+    }
+
+    fn to_value(self) -> f32 {
         self
     }
 
@@ -381,12 +394,18 @@ impl Elem for f32 {
 }
 
 impl Elem for u16 {
+    type Value = half::bf16;
+
     fn from_f32(v: f32) -> Self {
         bf16_bits(v)
     }
 
     fn to_f32(self) -> f32 {
         f32::from_bits(u32::from(self) << 16)
+    }
+
+    fn to_value(self) -> half::bf16 {
+        half::bf16::from_bits(self)
     }
 
     fn weights(w: &Weights) -> Option<&[Self]> {

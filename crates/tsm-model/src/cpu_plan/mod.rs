@@ -212,14 +212,13 @@ impl CpuPlan {
     /// Feature maps `[n, C, h', w']` of frames `[n, 3, h, w]` (on the CPU, in the plan's
     /// dtype).
     pub(crate) fn forward(&self, frames: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
-        let maps = match &self.arena {
+        match &self.arena {
             Activations::F32(kept) => self.forward_in(kept, frames, rec),
             Activations::Bf16(kept) => self.forward_in(kept, frames, rec),
-        }?;
-        maps.to_dtype(self.dtype())
+        }
     }
 
-    /// [`Self::forward`] with activations of `E`, kept in `kept`; returns f32 maps.
+    /// [`Self::forward`] with activations of `E`, kept in `kept`.
     fn forward_in<E: Elem>(
         &self,
         kept: &KeptArena<E>,
@@ -231,13 +230,15 @@ impl CpuPlan {
         if c != cin {
             candle_core::bail!("frames have {c} channels, the model takes {cin}")
         }
-        // rounded to bf16 (for the bf16 kernel) as they enter the blocked layout
-        let frames = frames.to_dtype(DType::F32)?.contiguous()?;
+        // f32 and bf16 frames are read as they are (rounded to bf16 for the bf16 kernel as
+        // they enter the blocked layout): a copy would be fresh pages on every call
+        let frames = match frames.dtype() {
+            DType::F32 | DType::BF16 => frames.contiguous()?,
+            _ => frames.to_dtype(DType::F32)?,
+        };
         let (storage, layout) = frames.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("the CPU plan takes contiguous f32 frames on the CPU")
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("the CPU plan takes contiguous frames")
         };
         let key = (n, c, h, w);
         let mut pass = Pass {
@@ -248,7 +249,11 @@ impl CpuPlan {
         pass.rec.run(
             || "to blocked layout".into(),
             || {
-                kernels::to_blocked(&data[a..b], c, &mut cur);
+                match &*storage {
+                    Storage::Cpu(CpuStorage::F32(x)) => kernels::to_blocked(&x[a..b], c, &mut cur),
+                    Storage::Cpu(CpuStorage::BF16(x)) => kernels::to_blocked(&x[a..b], c, &mut cur),
+                    _ => candle_core::bail!("the CPU plan takes f32 or bf16 frames on the CPU"),
+                }
                 Ok(())
             },
         )?;
