@@ -822,7 +822,7 @@ fn parse_our_profile(text: &str) -> Result<Vec<StepTime>> {
     Ok(steps)
 }
 
-/// One label of OpenVINO's profile (`onnx_engines.py openvino-f32-profile`).
+/// One label of OpenVINO's profile (`onnx_engines.py openvino-f32-profile` or `openvino-profile`).
 #[derive(Debug, Clone, Default)]
 struct OvLayer {
     label: String,

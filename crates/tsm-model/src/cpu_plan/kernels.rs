@@ -1185,3 +1185,37 @@ impl Job<'_, u16> {
         self.finish512(p0, &acc, dst);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{row_tiles, Plane};
+
+    #[test]
+    fn row_tiles_cover_each_row_once_in_even_tiles() {
+        for (h, w, pix) in [
+            (3, 56, 12),
+            (2, 14, 12),
+            (1, 7, 12),
+            (4, 33, 12),
+            (2, 1, 12),
+            (3, 9, 5),
+        ] {
+            let tiles = row_tiles(Plane { h, w }, pix);
+            let mut next = 0;
+            for row in 0..h {
+                let in_row: Vec<_> = tiles.iter().filter(|t| t.0 / w == row).collect();
+                let widths: Vec<usize> = in_row.iter().map(|t| t.1).collect();
+                let (lo, hi) = (widths.iter().min().unwrap(), widths.iter().max().unwrap());
+                assert!(*hi <= pix && hi - lo <= 1, "{h}x{w}: row {row}: {widths:?}");
+                for &&(p0, px) in &in_row {
+                    assert_eq!(p0, next, "{h}x{w}: tiles not in order, or a gap");
+                    assert!((p0 + px - 1) / w == row, "{h}x{w}: a tile across rows");
+                    next += px;
+                }
+            }
+            assert_eq!(next, h * w, "{h}x{w}: pixels not covered");
+        }
+        assert!(row_tiles(Plane { h: 0, w: 5 }, 12).is_empty());
+        assert!(row_tiles(Plane { h: 5, w: 0 }, 12).is_empty());
+    }
+}
