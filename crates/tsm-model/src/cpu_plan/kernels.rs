@@ -898,7 +898,7 @@ pub(super) trait TileKernel: Sized {
     /// planes).
     ///
     /// # Safety
-    /// The CPU has `kernel`'s instructions, and `kernel` takes panels of `Self`.
+    /// The CPU has `kernel`'s instructions, and `kernel` takes inputs of `Self`.
     unsafe fn tile(
         kernel: Kernel,
         job: &Job<Self>,
@@ -920,10 +920,10 @@ pub(super) trait TileKernel: Sized {
 /// `$body::<PIXELS, TILES>` for the runtime `(px, nt)`: one instance per width, so a short
 /// last tile does no more work than its pixels.
 macro_rules! dispatch {
-    ($f:ident, $job:expr, $p0:expr, $px:expr, $nt:expr, $panel:expr, $dst:expr; $($w:literal)*) => {
+    ($f:ident, $job:expr, $p0:expr, $px:expr, $nt:expr, $input:expr, $dst:expr; $($w:literal)*) => {
         match ($px, $nt) {
-            $(($w, 1) => $job.$f::<$w, 1>($p0, $panel, $dst),
-              ($w, _) => $job.$f::<$w, 2>($p0, $panel, $dst),)*
+            $(($w, 1) => $job.$f::<$w, 1>($p0, $input, $dst),
+              ($w, _) => $job.$f::<$w, 2>($p0, $input, $dst),)*
             _ => unreachable!("register tile of {} pixels", $px),
         }
     };
@@ -945,7 +945,7 @@ impl TileKernel for f32 {
                 Kernel::F32Avx2 => job.tile_avx2(p0, px, input, dst),
                 Kernel::F32Avx512 => dispatch!(tile_avx512, job, p0, px, nt, input, dst;
                     1 2 3 4 5 6 7 8 9 10 11 12),
-                Kernel::Bf16Avx512 => unreachable!("bf16 kernel with f32 panels"),
+                Kernel::Bf16Avx512 => unreachable!("bf16 kernel with f32 activations"),
             }
         }
     }
@@ -968,7 +968,11 @@ impl TileKernel for u16 {
         input: &TileInput<u16>,
         dst: &mut [u16],
     ) {
-        assert_eq!(kernel, Kernel::Bf16Avx512, "an f32 kernel with bf16 panels");
+        assert_eq!(
+            kernel,
+            Kernel::Bf16Avx512,
+            "an f32 kernel with bf16 activations"
+        );
         // SAFETY: the caller checked the kernel's instructions.
         unsafe { dispatch!(tile_bf16, job, p0, px, nt, input, dst; 1 2 3 4 5 6 7 8 9 10 11 12) }
     }
@@ -1188,7 +1192,36 @@ impl Job<'_, u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::{row_tiles, Plane};
+    use super::{bf16_bits, bf16_bits16, row_tiles, Plane};
+    use std::arch::x86_64::*;
+
+    #[test]
+    fn vector_bf16_rounding_is_the_scalar_one() {
+        if !is_x86_feature_detected!("avx512f") {
+            eprintln!("this CPU lacks AVX-512 F: the vector rounding is not tested here");
+            return;
+        }
+        // ties to even both ways, the largest finite value (rounds to infinity), infinities,
+        // zeros, a denormal, NaNs (quiet and signalling, each sign), and a sweep of bits
+        let mut values: Vec<f32> = [0x3f80_8000u32, 0x3f81_8000, 0x3f80_7fff, 0x7f7f_ffff]
+            .into_iter()
+            .map(f32::from_bits)
+            .chain([f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-40, f32::NAN])
+            .chain([0x7f80_0001u32, 0xffc0_0001].map(f32::from_bits))
+            .collect();
+        values.extend((0..4096u32).map(|i| f32::from_bits(i.wrapping_mul(0x9e37_79b9))));
+        values.resize(values.len().next_multiple_of(16), 1.0);
+        for chunk in values.chunks_exact(16) {
+            let mut got = [0u16; 16];
+            // SAFETY: the CPU has AVX-512 F (checked above); both arrays hold 16 values.
+            unsafe {
+                let bits = bf16_bits16(_mm512_loadu_ps(chunk.as_ptr()));
+                _mm256_storeu_si256(got.as_mut_ptr().cast(), bits);
+            }
+            let want: Vec<u16> = chunk.iter().map(|&v| bf16_bits(v)).collect();
+            assert_eq!(got.as_slice(), want.as_slice(), "{chunk:?}");
+        }
+    }
 
     #[test]
     fn row_tiles_cover_each_row_once_in_even_tiles() {
