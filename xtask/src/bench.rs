@@ -683,7 +683,7 @@ fn skipped(stdout: &str) -> Option<&str> {
         .find_map(|l| l.strip_prefix("{\"skipped\": "))
 }
 
-/// Prints our per-layer profile of one batch-1 eval forward (model_bench's own table, on its
+/// Prints our per-layer profile of a batch-1 eval forward (model_bench's own table, on its
 /// stderr), then that profile joined with OpenVINO's performance counters for the same model
 /// (the same threads, averaged over `ov_iters` forwards after a warm-up): one row per layer, so
 /// that the next gap is visible at a glance. Once in f32 against OpenVINO's f32, then, where
@@ -730,8 +730,8 @@ fn layer_profile(bench: &ModelBench, threads: &str, ov_iters: usize) -> Result<(
         let (ov, ov_total, ov_precision) =
             parse_ov_profile(&stdout).context("reading onnx_engines.py's OpenVINO profile")?;
         println!(
-            "\nper layer, batch-1 eval forward, {threads} thread(s): tsm-rs {dtype} (one forward) \
-             against OpenVINO's performance counters (it ran {ov_precision}; mean of {ov_iters} \
+            "\nper layer, batch-1 eval forward, {threads} thread(s): tsm-rs {dtype} (the profile \
+             above) against OpenVINO's performance counters (it ran {ov_precision}; mean of {ov_iters} \
              forwards); convs joined on `conv KxK sS C->O HxW` (HxW the input), other steps by \
              kind"
         );
