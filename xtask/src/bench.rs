@@ -730,10 +730,10 @@ fn layer_profile(bench: &ModelBench, threads: &str, ov_iters: usize) -> Result<(
         let (ov, ov_total, ov_precision) =
             parse_ov_profile(&stdout).context("reading onnx_engines.py's OpenVINO profile")?;
         println!(
-            "\nper layer, batch-1 eval forward, {threads} thread(s): tsm-rs {dtype} (the profile \
-             above) against OpenVINO's performance counters (it ran {ov_precision}; mean of {ov_iters} \
-             forwards); convs joined on `conv KxK sS C->O HxW` (HxW the input), other steps by \
-             kind"
+            "\nper layer, batch-1 eval forward, {threads} thread(s): tsm-rs {dtype} (the \
+             profile above) against OpenVINO's performance counters (it ran {ov_precision}; \
+             mean of {ov_iters} forwards); convs joined on `conv KxK sS C->O HxW` (HxW the \
+             input), other steps by kind"
         );
         print_joined(&join_profiles(&ours, &ov), &ours, ov_total);
     }
