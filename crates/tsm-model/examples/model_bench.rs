@@ -15,9 +15,9 @@
 //! timed iterations), peak_rss_mb (and, on a GPU, the device).
 //! bf16 on a CPU without the instructions prints `{"skipped": "<why>"}` instead and exits 0.
 //! `--profile`: eval also prints, to stderr, the time per step of one forward pass (each step
-//! its fastest of three forwards), summed by step label, with GFLOP/s for convolutions; train prints the time of one step by kind of op
-//! (conv forward/backward, BN, shift, pools, activations, the optimizer, the rest), with the
-//! device synchronised around every op.
+//! its fastest of three forwards), summed by step label, with GFLOP/s for convolutions; train
+//! prints the time of one step by kind of op (conv forward/backward, BN, shift, pools,
+//! activations, the optimizer, the rest), with the device synchronised around every op.
 //! `shift`: the temporal shift alone on R50's shifted inputs (8 frames at 224), forward, against
 //! a device-to-device copy of the same tensor, in f32 and bf16: one JSON line per shape and dtype
 //! with both bandwidths (bytes read + written per second).

@@ -3,10 +3,12 @@
 //! buffers reused across calls.
 //!
 //! Built by [`crate::resnet::ResNetTweaksTsm::fuse`] when the weights are f32 or bf16 on the
-//! CPU, this CPU has a [`Kernel`] for them and the network fits the kernels (1x1 and 3x3 convs, output channels in multiples of 16, input
-//! channels in multiples of 8 after the stem); otherwise the fused model runs the per-op path (`ops`), which computes the same values.
+//! CPU, this CPU has a [`Kernel`] for them and the network fits the kernels (1x1 and 3x3 convs,
+//! output channels in multiples of 16, input channels in multiples of 8 after the stem);
+//! otherwise the fused model runs the per-op path (`ops`), which computes the same values.
 //! What it saves over that path (measured in `cargo xtask bench model`): the im2col and packing
-//! copies around each gemm, the NCHW round trip of each layer, the separate passes of the
+//! copies around each gemm (most convs read their input in place), the NCHW round trip of each
+//! layer, the separate passes of the
 //! temporal shift (read in place by the next conv) and of the residual add and activation
 //! (done in the conv that produces the branch), and the fresh pages of every activation
 //! (the plan keeps its buffers for the next call).
