@@ -680,7 +680,8 @@ impl PackedConv {
                 }
                 // with every block read whole, a tile inside one input row reads the
                 // activations themselves: step (block, tap) at that block's plane and tap
-                let direct = (self.stride == 1 && complete(&reads, x.cb)).then(|| {
+                let complete = complete(&reads, x.cb);
+                let direct = (self.stride == 1 && complete).then(|| {
                     StepOffsets::new(
                         reads
                             .iter()
@@ -692,8 +693,8 @@ impl PackedConv {
                             .collect(),
                     )
                 });
-                let panels = tiles_per_panel.min(tiles.len());
-                with_panel(panels * k * pix, |panel: &mut [E]| {
+                let panel_tiles = tiles_per_panel.min(tiles.len());
+                with_panel(panel_tiles * k * pix, |panel: &mut [E]| {
                     for chunk in tiles.chunks(tiles_per_panel) {
                         // each tile's place in the activations where it reads them directly;
                         // the others are packed
@@ -706,7 +707,7 @@ impl PackedConv {
                                 if direct.is_some() && one_run {
                                     return Some(at[0]);
                                 }
-                                self.pack(x, &reads, (&at, px, one_run), pi, tile);
+                                self.pack((x, &reads, complete), (&at, px, one_run), pi, tile);
                                 None
                             })
                             .collect();
@@ -767,18 +768,17 @@ impl PackedConv {
     /// The panel of a register tile (`at` as [`Self::tile_pixels`] gives it, `npx` pixels;
     /// `one_run`: the pixels side by side in one input row): for each input block, tap and
     /// pixel, the 8 channels the conv multiplies, in the weights' order `[block][tap][pixel][8]`.
-    /// Channels that the shift leaves empty are zeros.
+    /// Channels that the shift leaves empty (`complete`: none) are zeros.
     fn pack<E: Elem>(
         &self,
-        x: &Blocked<E>,
-        reads: &[Source],
+        (x, reads, complete): (&Blocked<E>, &[Source], bool),
         (at, npx, one_run): (&[usize; AVX512_PIXELS], usize, bool),
         pi: Plane,
         panel: &mut [E],
     ) {
         let kk = self.k * self.k;
         let pix = self.kernel.pixels();
-        if !complete(reads, x.cb) {
+        if !complete {
             // blocks or lanes the shift leaves empty (pixels past the end need no zeros: their
             // sums are never stored)
             panel.fill(E::default());

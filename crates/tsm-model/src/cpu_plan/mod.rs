@@ -8,10 +8,9 @@
 //! otherwise the fused model runs the per-op path (`ops`), which computes the same values.
 //! What it saves over that path (measured in `cargo xtask bench model`): the im2col and packing
 //! copies around each gemm (most convs read their input in place), the NCHW round trip of each
-//! layer, the separate passes of the
-//! temporal shift (read in place by the next conv) and of the residual add and activation
-//! (done in the conv that produces the branch), and the fresh pages of every activation
-//! (the plan keeps its buffers for the next call).
+//! layer, the separate passes of the temporal shift (read in place by the next conv) and of the
+//! residual add and activation (done in the conv that produces the branch), and the fresh pages
+//! of every activation (the plan keeps its buffers for the next call).
 
 mod kernels;
 #[cfg(test)]
