@@ -9,7 +9,8 @@
 //! README runs it (no allocator call); `--dtype bf16` loads the weights as bf16 and feeds bf16
 //! clips. `train`: a training step (as `tsm-cli train` runs it, after `keep_freed_memory`:
 //! forward in training mode, cross entropy, backward, candle-nn's SGD update of every trainable
-//! variable; train-loop's Nesterov momentum adds a few element-wise passes over the weights,
+//! variable; `--dtype bf16` keeps f32 weights and runs the convs' products in bf16, as
+//! `tsm-cli train --precision bf16` and PyTorch's autocast do; train-loop's Nesterov momentum adds a few element-wise passes over the weights,
 //! under 1% of a step). One untimed warm-up iteration, then ITERS timed ones, the device
 //! synchronised before the clock stops. Prints one JSON line: clips, seconds, cpu_seconds (of the
 //! timed iterations), peak_rss_mb (and, on a GPU, the device).
@@ -28,7 +29,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{ModuleT, Optimizer, VarBuilder, VarMap, SGD};
 use tsm_model::internal::{forward_profiled, time_ops, OpTimes, Profile};
-use tsm_model::{temporal_shift, Tsm, TsmConfig};
+use tsm_model::{temporal_shift, ProductPrecision, Tsm, TsmConfig};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -239,8 +240,15 @@ fn main() -> Result<()> {
     }
     let cfg = TsmConfig::pptsm(depth, NUM_CLASSES).with_num_seg(seg);
     let varmap = VarMap::new();
-    let model = Tsm::new(&cfg, VarBuilder::from_varmap(&varmap, dtype, &device))?;
-    let clips = Tensor::randn(0f32, 1.0, (batch, seg, 3, size, size), &device)?.to_dtype(dtype)?;
+    // training keeps f32 weights and activations; its bf16 is the conv products'
+    let (weights, products) = match (mode, dtype) {
+        ("train", DType::BF16) => (DType::F32, ProductPrecision::Bf16),
+        _ => (dtype, ProductPrecision::F32),
+    };
+    let model = Tsm::new(&cfg, VarBuilder::from_varmap(&varmap, weights, &device))?
+        .with_product_precision(products)?;
+    let clips =
+        Tensor::randn(0f32, 1.0, (batch, seg, 3, size, size), &device)?.to_dtype(weights)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % NUM_CLASSES as u32).collect();
     let labels = Tensor::new(labels, &device)?;
     let mut step: Box<dyn FnMut() -> Result<()>> = match mode {
@@ -256,9 +264,6 @@ fn main() -> Result<()> {
             })
         }
         "train" => {
-            if dtype != DType::F32 {
-                return Err("train runs in f32 (master weights and optimizer state)".into());
-            }
             // as `tsm-cli train` runs it; eval is the README's path, with no allocator call
             tsm_model::keep_freed_memory();
             let mut opt = SGD::new(model.trainable_vars()?, 0.01)?;

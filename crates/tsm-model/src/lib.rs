@@ -67,7 +67,7 @@ pub use onnx::{
     OnnxError, OnnxOptions, DEFAULT_OPSET, ONNX_FEATURES, ONNX_INPUT, ONNX_LOGITS, ONNX_OPERATORS,
     ONNX_OPSETS,
 };
-pub use ops::temporal_shift;
+pub use ops::{temporal_shift, ProductPrecision};
 pub use resnet::missing_cpu_bf16_features;
 
 // The README's example is what a downstream crate writes: compiled with the doctests.

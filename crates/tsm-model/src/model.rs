@@ -12,6 +12,7 @@ use crate::batch_norm::BN_MOMENTUM;
 use crate::checkpoint::{parse_checkpoint, read_checkpoint, write_safetensors};
 use crate::config::{TsmConfig, CONFIG_METADATA_KEY};
 use crate::error::TsmError;
+use crate::ops::ProductPrecision;
 use crate::resnet::{Profile, Recorder, ResNetTweaksTsm};
 
 /// What a tensor of the model is. The optimizer's decay and learning-rate rules, seeded
@@ -302,6 +303,37 @@ impl Tsm {
     /// The weights' dtype: what [`Tsm::forward`] takes its clips in and gives its logits in.
     pub fn dtype(&self) -> DType {
         self.backbone.dtype()
+    }
+
+    /// The same model with its convolutions' products in `products`, forward and backward:
+    /// [`ProductPrecision::Bf16`] is mixed-precision training as PyTorch's CPU autocast runs
+    /// it (each conv's operands rounded to bf16, products summed in f32; weights, activations,
+    /// gradients and the optimizer in f32). It takes an f32 model, on the CPU one with
+    /// avx512_bf16 (elsewhere a one-line error). The fused inference path keeps its own
+    /// precision, its weights' dtype.
+    pub fn with_product_precision(mut self, products: ProductPrecision) -> Result<Self> {
+        if products == ProductPrecision::Bf16 {
+            if self.dtype() != DType::F32 {
+                candle_core::bail!(
+                    "bf16 products take an f32 model (master weights), not {:?}; load it in f32",
+                    self.dtype()
+                )
+            }
+            let on_cpu = self.backbone.device().is_cpu();
+            if on_cpu && !crate::ops::bf16_products_run_here() {
+                candle_core::bail!(
+                    "bf16 training products on the CPU need avx512_bf16, which this CPU lacks; \
+                     train in f32 instead"
+                )
+            }
+        }
+        self.backbone.set_products(products);
+        Ok(self)
+    }
+
+    /// The precision of the convolutions' products (see [`Tsm::with_product_precision`]).
+    pub fn product_precision(&self) -> ProductPrecision {
+        self.backbone.products()
     }
 
     #[cfg(any(feature = "onnx", all(test, target_arch = "x86_64")))]

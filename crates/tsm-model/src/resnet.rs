@@ -5,7 +5,7 @@
 //! Follows `ppvideo/paddlevideo/modeling/backbones/resnet_tweaks_tsm.py`, including its
 //! (working) BasicBlock for depths 18 and 34.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
 use crate::batch_norm::BatchNorm;
@@ -14,7 +14,7 @@ use crate::config::TsmConfig;
 use crate::cpu_plan::{BlockDesc, ConvDesc, CpuPlan, Kernel, NoKernel};
 use crate::model::{Param, ParamRole};
 use crate::ops::{add_leaky_relu, avg_pool2x2_ceil, leaky_relu, max_pool3x3_s2_p1};
-use crate::ops::{conv2d, conv2d_bias};
+use crate::ops::{conv2d, conv2d_bias, ProductPrecision};
 
 /// The instructions that bf16 inference on the CPU needs ([`crate::Tsm::fuse_for_inference`]
 /// of bf16 weights) and this CPU lacks; `None` when it has them.
@@ -216,6 +216,7 @@ impl ConvBn {
         &self,
         x: &Tensor,
         shift: Option<(usize, f64)>,
+        products: ProductPrecision,
         train: bool,
         rec: &mut Recorder,
     ) -> Result<Tensor> {
@@ -233,16 +234,14 @@ impl ConvBn {
                 self.stride
             )
         };
-        let conv = |x: &Tensor| conv2d(x, &self.weight, self.stride, self.padding, shift);
+        let (s, p) = (self.stride, self.padding);
+        let conv = |x: &Tensor| conv2d(x, &self.weight, s, p, shift, products);
         let y = match (&self.bn, &self.fused_bias) {
             (None, Some(b)) => {
                 let what = if self.act { " +bias+act" } else { " +bias" };
                 return rec.run(
                     || label(what),
-                    || {
-                        let (s, p) = (self.stride, self.padding);
-                        conv2d_bias(&x, &self.weight, b, s, p, shift, self.act)
-                    },
+                    || conv2d_bias(&x, &self.weight, b, s, p, shift, self.act),
                 );
             }
             (Some(bn), _) => {
@@ -266,7 +265,7 @@ impl ConvBn {
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_rec(x, None, train, &mut Recorder(None))
+        self.forward_rec(x, None, ProductPrecision::F32, train, &mut Recorder(None))
     }
 }
 
@@ -332,6 +331,7 @@ impl Block {
         &self,
         x: &Tensor,
         shift: Shift,
+        products: ProductPrecision,
         train: bool,
         rec: &mut Recorder,
     ) -> Result<Tensor> {
@@ -344,22 +344,22 @@ impl Block {
                 conv2,
                 short,
             } => {
-                let y = conv0.forward_rec(x, shift, train, rec)?;
-                let y = conv1.forward_rec(&y, None, train, rec)?;
-                (conv2.forward_rec(&y, None, train, rec)?, short)
+                let y = conv0.forward_rec(x, shift, products, train, rec)?;
+                let y = conv1.forward_rec(&y, None, products, train, rec)?;
+                (conv2.forward_rec(&y, None, products, train, rec)?, short)
             }
             Block::Basic {
                 conv0,
                 conv1,
                 short,
             } => {
-                let y = conv0.forward_rec(x, shift, train, rec)?;
-                (conv1.forward_rec(&y, None, train, rec)?, short)
+                let y = conv0.forward_rec(x, shift, products, train, rec)?;
+                (conv1.forward_rec(&y, None, products, train, rec)?, short)
             }
         };
         // the shortcut takes the unshifted input
         let short = match short {
-            Some(s) => s.forward_rec(x, None, train, rec)?,
+            Some(s) => s.forward_rec(x, None, products, train, rec)?,
             None => x.clone(),
         };
         rec.run(
@@ -459,6 +459,8 @@ pub(crate) struct ResNetTweaksTsm {
     stem: [ConvBn; 3],
     blocks: Vec<Block>,
     shift: Shift,
+    /// The precision of the per-op path's conv products (the CPU plan's are its dtype's).
+    products: ProductPrecision,
     /// The fused backbone's forward on x86-64 CPUs (see `cpu_plan`), when it fits.
     #[cfg(target_arch = "x86_64")]
     plan: Option<std::sync::Arc<CpuPlan>>,
@@ -536,6 +538,7 @@ impl ResNetTweaksTsm {
             stem,
             blocks,
             shift,
+            products: ProductPrecision::F32,
             #[cfg(target_arch = "x86_64")]
             plan: None,
         })
@@ -544,6 +547,19 @@ impl ResNetTweaksTsm {
     /// The weights' dtype.
     pub(crate) fn dtype(&self) -> DType {
         self.stem[0].weight.dtype()
+    }
+
+    /// The weights' device.
+    pub(crate) fn device(&self) -> &Device {
+        self.stem[0].weight.device()
+    }
+
+    pub(crate) fn set_products(&mut self, products: ProductPrecision) {
+        self.products = products;
+    }
+
+    pub(crate) fn products(&self) -> ProductPrecision {
+        self.products
     }
 
     /// The same backbone with every BN folded into its conv (inference only), with its CPU
@@ -591,6 +607,7 @@ impl ResNetTweaksTsm {
                 .map(|b| b.map_convs(&f))
                 .collect::<Result<_>>()?,
             shift: self.shift,
+            products: self.products,
             #[cfg(target_arch = "x86_64")]
             plan: None,
         })
@@ -711,11 +728,11 @@ impl ResNetTweaksTsm {
         }
         let mut y = x.clone();
         for c in &self.stem {
-            y = c.forward_rec(&y, None, train, rec)?;
+            y = c.forward_rec(&y, None, self.products, train, rec)?;
         }
         let mut y = rec.run(|| "max pool 3x3".into(), || max_pool3x3_s2_p1(&y))?;
         for b in &self.blocks {
-            y = b.forward_rec(&y, self.shift, train, rec)?;
+            y = b.forward_rec(&y, self.shift, self.products, train, rec)?;
         }
         Ok(y)
     }

@@ -13,8 +13,12 @@
 //! Other dtypes, and CUDA until the op has its kernel, run candle's `conv2d` (the reference).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use gemm::Parallelism;
+
+use super::gemm::{bf16_products_run_here, matmul_strided, GemmElem, Lhs, Mat, ProductPrecision};
 use rayon::prelude::*;
 
 use super::activation::leaky_relu_reference;
@@ -23,17 +27,30 @@ use super::timing::{timed, OpKind};
 use super::{cpu_kernel, cpu_slice, has_cpu_kernel, per_channel, reference_fwd, reference_vjp};
 
 /// `x [N, C, H, W]`, temporally shifted first when `shift` is `(num_seg, ratio)`, convolved with
-/// `w [O, C, k, k]`, zero padding `padding`, stride `stride`. The shift is applied as the conv
-/// reads its input (no shifted copy, and no graph node whose gradient candle would accumulate).
+/// `w [O, C, k, k]`, zero padding `padding`, stride `stride`, its products (forward and both
+/// gradients) in `products`. The shift is applied as the conv reads its input (no shifted
+/// copy, and no graph node whose gradient candle would accumulate).
 pub(crate) fn conv2d(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
     padding: usize,
     shift: Option<(usize, f64)>,
+    products: ProductPrecision,
 ) -> Result<Tensor> {
+    if products == ProductPrecision::Bf16 {
+        if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+            candle_core::bail!(
+                "conv2d: bf16 products take f32 tensors, not {:?}",
+                x.dtype()
+            )
+        }
+        if x.device().is_cpu() && !bf16_products_run_here() {
+            candle_core::bail!("conv2d: bf16 products on the CPU need avx512_bf16")
+        }
+    }
     timed(OpKind::ConvForward, x.device(), || {
-        let op = Conv::new(x, w, stride, padding, shift, Epilogue::None)?;
+        let op = Conv::new(x, w, stride, padding, shift, Epilogue::None, products)?;
         x.contiguous()?.apply_op2(&w.contiguous()?, op)
     })
 }
@@ -50,7 +67,8 @@ pub(crate) fn conv2d_bias(
     leaky: bool,
 ) -> Result<Tensor> {
     timed(OpKind::ConvForward, x.device(), || {
-        let op = Conv::new(x, w, stride, padding, shift, Epilogue::Bias { leaky })?;
+        let f32 = ProductPrecision::F32;
+        let op = Conv::new(x, w, stride, padding, shift, Epilogue::Bias { leaky }, f32)?;
         x.contiguous()?
             .apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op)
     })
@@ -98,6 +116,7 @@ struct Geom {
     wo: usize,
     /// The temporal shift applied to the input as it is read.
     shift: Option<ShiftSpec>,
+    products: ProductPrecision,
 }
 
 impl Geom {
@@ -107,6 +126,7 @@ impl Geom {
         stride: usize,
         pad: usize,
         shift: Option<(usize, f64)>,
+        products: ProductPrecision,
     ) -> Result<Self> {
         let (n, c, h, wd) = x.dims4()?;
         let (o, c2, k, k2) = w.dims4()?;
@@ -145,6 +165,7 @@ impl Geom {
             ho,
             wo,
             shift,
+            products,
         })
     }
 
@@ -229,7 +250,7 @@ impl Geom {
 }
 
 /// The element types the fast path runs in.
-trait Elem: candle_core::WithDType {
+trait Elem: GemmElem {
     /// Runs `f` on `len` elements of this thread's scratch buffer `slot` (0 or 1), whose contents
     /// are left from earlier calls: kept across calls, so the im2col and reordering buffers are
     /// neither allocated nor zeroed per call.
@@ -453,104 +474,9 @@ impl Geom {
     }
 }
 
-/// A row-major matrix view: `rows x cols` with row stride `rs` and column stride `cs`.
-#[derive(Clone, Copy)]
-struct Mat<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a, T> Mat<'a, T> {
-    /// A contiguous `rows x cols` matrix.
-    fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Self {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst[a.rows, b.cols] (+)= a @ b`, `dst` contiguous; accumulates when `acc`.
-fn matmul<T: Elem>(dst: &mut [T], acc: bool, a: Mat<T>, b: Mat<T>, par: Parallelism) {
-    matmul_strided(dst, b.cols, acc, a, b, par)
-}
-
-/// [`matmul`] into rows `dst_rs` apart.
-fn matmul_strided<T: Elem>(
-    dst: &mut [T],
-    dst_rs: usize,
-    acc: bool,
-    a: Mat<T>,
-    b: Mat<T>,
-    par: Parallelism,
-) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(
-        a.fits()
-            && b.fits()
-            && b.rows == k
-            && dst_rs >= n
-            && (m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n),
-        "conv2d gemm: operand sizes do not match"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(T::zero());
-            }
-        }
-        return;
-    }
-    // SAFETY: `fits` and the length check above keep every index gemm forms inside the slices;
-    // `dst` is borrowed mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            acc,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+/// `dst[a.rows, b.cols] (+)= a @ b`, `dst` contiguous (accumulating when `acc`), in the conv's product precision.
+fn matmul<T: Elem>(g: &Geom, dst: &mut [T], acc: bool, a: &Lhs<T>, b: Mat<T>) {
+    matmul_strided(dst, b.cols, acc, a, b, g.gemm_par())
 }
 
 /// What the forward applies to the conv output in place.
@@ -578,6 +504,11 @@ impl Conv {
             None => x[0].clone(),
         };
         match self.epilogue {
+            Epilogue::None if self.g.products == ProductPrecision::Bf16 => {
+                // products of bf16 values are exact in f32: the same sums from f32 operands
+                let bf16 = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(t.dtype());
+                conv2d_reference(&bf16(&input)?, &bf16(&x[1])?, stride, pad)
+            }
             Epilogue::None => conv2d_reference(&input, &x[1], stride, pad),
             Epilogue::Bias { leaky } => {
                 conv2d_bias_reference(&input, &x[1], &x[2], stride, pad, leaky)
@@ -592,9 +523,10 @@ impl Conv {
         pad: usize,
         shift: Option<(usize, f64)>,
         epilogue: Epilogue,
+        products: ProductPrecision,
     ) -> Result<Self> {
         Ok(Self {
-            g: Geom::new(x, w, stride, pad, shift)?,
+            g: Geom::new(x, w, stride, pad, shift, products)?,
             epilogue,
         })
     }
@@ -616,13 +548,13 @@ impl Conv {
         let g = self.g;
         let mut out = vec![T::zero(); g.n * g.frame_out()];
         let (per, _) = g.groups();
-        let wm = Mat::new(w, g.o, g.kk());
+        let wm = Lhs::new(Mat::new(w, g.o, g.kk()), g.products);
         out.par_chunks_mut(per * g.frame_out())
             .enumerate()
             .for_each(|(grp, outs)| {
                 T::with_scratch(0, g.fwd_cols_len(), |cols| {
                     T::with_scratch(1, g.out_mat_len(), |tmp| {
-                        self.fwd_group(x, wm, bias, grp, outs, cols, tmp)
+                        self.fwd_group(x, &wm, bias, grp, outs, cols, tmp)
                     })
                 })
             });
@@ -634,7 +566,7 @@ impl Conv {
     fn fwd_group<T: Elem>(
         &self,
         x: &[T],
-        wm: Mat<T>,
+        wm: &Lhs<T>,
         bias: Option<&[T]>,
         grp: usize,
         outs: &mut [T],
@@ -670,11 +602,11 @@ impl Conv {
             let ncols = ch.f * l;
             let src = Mat::new(g.cols(x, ch, cols), kk, ncols);
             if ch.f == 1 {
-                matmul(ys, false, wm, src, par);
+                matmul(&g, ys, false, wm, src);
             } else {
                 // [O, f*L] -> f frames of [O, L]
                 let tmp = &mut tmp[..g.o * ncols];
-                matmul(tmp, false, wm, src, par);
+                matmul(&g, tmp, false, wm, src);
                 for (j, y) in ys.chunks_exact_mut(fout).enumerate() {
                     for (o, row) in y.chunks_exact_mut(l).enumerate() {
                         row.copy_from_slice(&tmp[o * ncols + j * l..][..l]);
@@ -814,8 +746,7 @@ impl ConvGradInput {
         let (kk, l, fin) = (g.kk(), g.l(), g.frame_in());
         let mut gx = vec![T::zero(); g.n * fin];
         let (per, _) = g.groups();
-        let par = g.gemm_par();
-        let wt = Mat::new(w, g.o, kk).t();
+        let wt = Lhs::new(Mat::new(w, g.o, kk).t(), g.products);
         gx.par_chunks_mut(per * fin)
             .enumerate()
             .for_each(|(grp, gxs)| {
@@ -825,11 +756,11 @@ impl ConvGradInput {
                             let gm = g.grad_mat(grad, ch, gbuf);
                             let gxc = &mut gxs[(ch.first - grp * per) * fin..][..ch.f * fin];
                             if g.direct() && ch.f == 1 {
-                                matmul(gxc, false, wt, gm, par);
+                                matmul(&g, gxc, false, &wt, gm);
                                 continue;
                             }
                             let ncols = ch.f * l;
-                            matmul(&mut cols[..kk * ncols], false, wt, gm, par);
+                            matmul(&g, &mut cols[..kk * ncols], false, &wt, gm);
                             for (j, gxn) in gxc.chunks_exact_mut(fin).enumerate() {
                                 col2im(&g, &cols[j * l..], ncols, gxn);
                             }
@@ -875,7 +806,6 @@ impl ConvGradWeight {
         let g = self.0;
         let (kk, l) = (g.kk(), g.l());
         let (_, groups) = g.groups();
-        let par = g.gemm_par();
         let partials: Vec<Vec<T>> = (0..groups)
             .into_par_iter()
             .map(|grp| {
@@ -885,7 +815,7 @@ impl ConvGradWeight {
                         for ch in g.chunks(grp) {
                             let gm = g.grad_mat(grad, ch, gbuf);
                             let src = Mat::new(g.cols(x, ch, cols), kk, ch.f * l);
-                            matmul(&mut gw, true, gm, src.t(), par);
+                            matmul(&g, &mut gw, true, &Lhs::new(gm, g.products), src.t());
                         }
                     })
                 });

@@ -19,6 +19,7 @@
 mod activation;
 mod batch_norm;
 mod conv;
+mod gemm;
 mod pool;
 mod shift;
 mod timing;
@@ -26,6 +27,8 @@ mod timing;
 pub(crate) use activation::{add_leaky_relu, leaky_relu, LEAKY_SLOPE};
 pub(crate) use batch_norm::{batch_norm_train, BN_EPS};
 pub(crate) use conv::{conv2d, conv2d_bias};
+pub(crate) use gemm::bf16_products_run_here;
+pub use gemm::ProductPrecision;
 pub(crate) use pool::{avg_pool2x2_ceil, max_pool3x3_s2_p1};
 pub(crate) use shift::shift_folds;
 pub use shift::temporal_shift;

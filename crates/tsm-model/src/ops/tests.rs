@@ -11,6 +11,8 @@ use super::pool::max_pool3x3_s2_p1_reference;
 use super::shift::{shift_folds, temporal_shift_reference};
 use super::*;
 
+const F32: ProductPrecision = ProductPrecision::F32;
+
 /// Runs `test` on every device this build has: the CPU always; with feature `cuda`, GPU 0,
 /// failing loudly when there is none (a CUDA build's tests are meant to run on a GPU).
 pub(crate) fn on_each_device(test: impl Fn(&Device) -> Result<()>) {
@@ -373,10 +375,79 @@ fn conv_matches_candles() {
                 dev,
                 &[&[n, c, h, w], &[o, c, k, k]],
                 summed,
-                |x| conv2d(&x[0], &x[1], s, p, None),
+                |x| conv2d(&x[0], &x[1], s, p, None, F32),
                 |x| conv2d_reference(&x[0], &x[1], s, p),
             )?;
         }
+        Ok(())
+    })
+}
+
+/// bf16 products: the forward against candle's conv of the operands rounded to bf16 (the same
+/// products, exact in f32, summed in another order); the gradients, whose fast path also rounds
+/// the output gradient to bf16, within bf16's rounding of it. On a CPU without avx512_bf16, the
+/// one-line error.
+#[test]
+fn conv_with_bf16_products_matches_candles_on_rounded_operands() {
+    let bf16 = ProductPrecision::Bf16;
+    on_each_device(|dev| {
+        if dev.is_cpu() && !bf16_products_run_here() {
+            let x = randn(&[1, 2, 3, 3], DType::F32, dev)?;
+            let e = conv2d(
+                &x,
+                &randn(&[2, 2, 1, 1], DType::F32, dev)?,
+                1,
+                0,
+                None,
+                bf16,
+            );
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("avx512_bf16"), "{e}");
+            return Ok(());
+        }
+        let cases = CONV_CASES
+            .iter()
+            .map(|&(n, c, h, w, o, k, s, p)| (n, c, h, w, o, k, s, p, None));
+        let shifted = [
+            (6, 8, 9, 7, 3, 3, 2, 1, Some((3, 0.25))),
+            (4, 16, 40, 40, 4, 3, 1, 1, Some((2, 0.125))),
+        ];
+        for (n, c, h, w, o, k, s, p, shift) in cases.chain(shifted) {
+            let rounded = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+            let errs = against_reference(
+                dev,
+                DType::F32,
+                &[&[n, c, h, w], &[o, c, k, k]],
+                |x| conv2d(&x[0], &x[1], s, p, shift, bf16),
+                |x| {
+                    let input = match shift {
+                        Some((t, ratio)) => temporal_shift_reference(&x[0], t, ratio)?,
+                        None => x[0].clone(),
+                    };
+                    conv2d_reference(&rounded(&input)?, &rounded(&x[1])?, s, p)
+                },
+            )?;
+            for (label, e) in errs {
+                let tol = if label == "value" {
+                    summed(DType::F32)
+                } else {
+                    1e-2
+                };
+                if e > tol {
+                    candle_core::bail!("bf16 conv {n}x{c}x{h}x{w} k{k} s{s}: {label} error {e}")
+                }
+            }
+        }
+        let x = randn(&[1, 2, 3, 3], DType::F64, dev)?;
+        let e = conv2d(
+            &x,
+            &randn(&[2, 2, 1, 1], DType::F64, dev)?,
+            1,
+            0,
+            None,
+            bf16,
+        );
+        assert!(e.unwrap_err().to_string().contains("take f32 tensors"));
         Ok(())
     })
 }
@@ -402,7 +473,7 @@ fn conv_reading_a_shifted_input_matches_shift_then_conv() {
                     dev,
                     &[&[n, c, h, w], &[o, c, k, k]],
                     summed,
-                    |x| conv2d(&x[0], &x[1], s, p, Some((t, ratio))),
+                    |x| conv2d(&x[0], &x[1], s, p, Some((t, ratio)), F32),
                     |x| conv2d_reference(&temporal_shift_reference(&x[0], t, ratio)?, &x[1], s, p),
                 )?;
                 for dtype in dtypes(dev) {
@@ -419,7 +490,7 @@ fn conv_reading_a_shifted_input_matches_shift_then_conv() {
         }
         let x = randn(&[5, 4, 3, 3], DType::F32, dev)?;
         let wt = randn(&[2, 4, 1, 1], DType::F32, dev)?;
-        let e = conv2d(&x, &wt, 1, 0, Some((2, 0.25)))
+        let e = conv2d(&x, &wt, 1, 0, Some((2, 0.25)), F32)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a multiple of num_seg"), "{e}");
@@ -451,7 +522,7 @@ fn conv_with_fused_bias_and_leaky_relu_matches_separate_ops() {
 fn mismatched_conv_shapes_are_errors() {
     let r = |s: &[usize]| randn(s, DType::F32, &Device::Cpu).unwrap();
     let x = r(&[1, 3, 5, 5]);
-    let err = |w: &Tensor, s, p| conv2d(&x, w, s, p, None).unwrap_err().to_string();
+    let err = |w: &Tensor, s, p| conv2d(&x, w, s, p, None, F32).unwrap_err().to_string();
     assert!(err(&r(&[4, 2, 3, 3]), 1, 1).contains("do not fit"));
     assert!(err(&r(&[4, 3, 3, 2]), 1, 1).contains("do not fit"));
     assert!(err(&r(&[4, 3, 7, 7]), 1, 0).contains("smaller than the 7x7 kernel"));
