@@ -13,6 +13,7 @@ Examples:
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml -o train.epochs=5 -o data.batch_size=8
   tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml --resume
+  tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml --precision bf16
   mpirun -np 4 tsm-cli train -c assets/configs/pptsm_ucf101_tutorial.toml   (built with --features mpi)
   srun --ntasks-per-node=8 --gpus-per-node=8 tsm-cli train --device cuda -c ...   (--features cuda)
 
@@ -52,10 +53,31 @@ pub struct Args {
     /// The run directory (sets output.dir).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// The convolutions' products: f32, or bf16 (mixed precision as PyTorch's autocast: bf16
+    /// operands, f32 sums, weights and optimizer; on the CPU needs avx512_bf16, and runs on
+    /// AMX where the CPU has it). Sets train.precision.
+    #[arg(long, value_enum)]
+    precision: Option<TrainPrecision>,
     /// Data-parallel engine: auto (when the launcher's variables say several processes: NCCL
     /// on GPUs, MPI on CPUs), none, mpi, nccl.
     #[arg(long, default_value = "auto", value_name = "BACKEND")]
     dist: Backend,
+}
+
+/// `--precision`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum TrainPrecision {
+    F32,
+    Bf16,
+}
+
+impl TrainPrecision {
+    fn name(self) -> &'static str {
+        match self {
+            TrainPrecision::F32 => "f32",
+            TrainPrecision::Bf16 => "bf16",
+        }
+    }
 }
 
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
@@ -63,6 +85,9 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     if let Some(dir) = &args.output {
         let dir = toml::Value::String(dir.to_string_lossy().into_owned());
         overrides.push(format!("output.dir={dir}"));
+    }
+    if let Some(p) = args.precision {
+        overrides.push(format!("train.precision=\"{}\"", p.name()));
     }
     let cfg = TrainConfig::load(&args.config, &overrides)?;
     let out = cfg.output.dir.clone();

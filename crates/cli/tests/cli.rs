@@ -432,6 +432,48 @@ fn train_says_what_gpus_and_nccl_need() {
     check_error_output(&out, &args, &["NCCL needs a CUDA device"]);
 }
 
+/// `train --precision bf16`: mixed-precision training runs the whole job and records the
+/// precision in the run's resolved config; where the CPU lacks the instructions, a one-line
+/// error before any work.
+#[test]
+fn train_in_bf16_runs_and_records_its_precision() {
+    let dir = common::fresh_dir("cli-train-bf16");
+    let spec = MotionSpec {
+        size: 32,
+        frames: 4,
+        train_per_class: 2,
+        val_per_class: 1,
+        motions: vec![Motion::Horizontal],
+        seed: 3,
+    };
+    let set = motion::generate(&spec, &dir.join("data")).unwrap();
+    let run = dir.join("run");
+    let overrides: Vec<String> = [
+        "model.num_seg=4",
+        "data.sampling.segments.num_seg=4",
+        "data.batch_size=2",
+        "train.epochs=1",
+    ]
+    .iter()
+    .map(|o| o.to_string())
+    .collect();
+    let out = common::train_command(&set, &run, &overrides)
+        .args(["--precision", "bf16"])
+        .output()
+        .unwrap();
+    if let Some(needs) = tsm_model::missing_cpu_bf16_features() {
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(err.contains(needs) && err.contains("train in f32"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        return;
+    }
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("precision = \"bf16\""), "{resolved}");
+    assert!(run.join("best.safetensors").exists());
+}
+
 #[test]
 fn preprocess_writes_the_tensor_the_loader_makes() {
     let f = fixture();

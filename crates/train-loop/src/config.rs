@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use augment::PipelineConfig;
 use serde::{Deserialize, Serialize};
-use tsm_model::TsmConfig;
+use tsm_model::{ProductPrecision, TsmConfig};
 use video_io::{DecodeOptions, ListFormat, ListOptions, Sampling};
 
 use crate::error::{Error, Result};
@@ -156,6 +156,11 @@ pub struct TrainSection {
     /// batch, in one process (and gradient accumulation when memory is short).
     #[serde(default = "one")]
     pub micro_batches: usize,
+    /// The convolutions' products: `"f32"`, or `"bf16"`, mixed precision as PyTorch's autocast
+    /// (operands rounded to bf16, sums, weights, activations, gradients and the optimizer in
+    /// f32). bf16 on the CPU needs avx512_bf16 (AMX where the CPU has it).
+    #[serde(default)]
+    pub precision: ProductPrecision,
 }
 
 /// `[optimizer]`: Paddle's `Momentum` with PP-TSM's per-parameter attributes.

@@ -91,7 +91,8 @@ impl Trainer {
         let model = Tsm::new(
             &tsm_cfg,
             VarBuilder::from_varmap(&varmap, DType::F32, &device),
-        )?;
+        )?
+        .with_product_precision(cfg.train.precision)?;
         let seed = cfg.train.seed;
         model.init_weights(|i| rng_for(seed, Stream::Init, 0, i as u64))?;
         let mut optimizer = Momentum::new(model.params(), &cfg.optimizer)?;

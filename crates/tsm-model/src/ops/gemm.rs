@@ -14,7 +14,8 @@ use gemm::Parallelism;
 /// The precision of the convolutions' products. Activations, gradients, weights and the
 /// optimizer stay f32 in both: `Bf16` rounds each conv's two operands to bf16 as it multiplies
 /// them and sums the products in f32, as PyTorch's CPU autocast does for convolutions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProductPrecision {
     /// f32 products, as in every other op.
     #[default]
