@@ -187,7 +187,9 @@ fn parse_measurement(stdout: &str) -> Result<Measurement> {
     Ok(Measurement {
         clips: json_number(line, "clips")?,
         seconds: json_number(line, "seconds")?,
-        peak_rss_mb: json_number(line, "peak_rss_mb")?,
+        // torch_eager.py names it for the GPU's peak too
+        peak_rss_mb: json_number(line, "peak_rss_mb")
+            .or_else(|_| json_number(line, "peak_mem_mb"))?,
     })
 }
 
@@ -472,6 +474,8 @@ fn target_dir() -> PathBuf {
 /// (PP-TSM R50, 8 frames, 224 px) and the Python that runs the baselines.
 struct ModelBench {
     python: PathBuf,
+    /// The PyTorch venv's python.
+    torch: PathBuf,
     ours: PathBuf,
     onnx: PathBuf,
 }
@@ -503,14 +507,19 @@ impl ModelBench {
         )?;
         Ok(Self {
             python,
+            torch: python::torch_python()?,
             ours: target_dir().join("release/examples/model_bench"),
             onnx,
         })
     }
 }
 
-/// The row of our bf16 inference (`model_bench --dtype bf16`).
+/// The row of our bf16 (`model_bench --dtype bf16`): bf16 weights and activations in eval,
+/// bf16 conv products in training.
 const TSM_BF16: &str = "tsm-rs, bf16";
+/// PyTorch eager's rows, in f32 and with bf16 autocast: the bars for our f32 and bf16 rows.
+const TORCH_F32: &str = "PyTorch eager, f32";
+const TORCH_BF16: &str = "PyTorch eager, bf16 autocast";
 
 /// `--threads`, or all cores.
 fn thread_count(threads: Option<usize>) -> String {
@@ -521,9 +530,9 @@ fn thread_count(threads: Option<usize>) -> String {
 
 /// Runs the model benchmark and prints the table, then the per-layer profile of a batch-1 eval
 /// forward, ours against OpenVINO's ([`layer_profile`]). Each engine runs in its own process
-/// with the same thread count: Paddle, us (f32, and in eval bf16 where this CPU has AVX-512
-/// BF16), and our exported ONNX model in ONNX Runtime and in OpenVINO (fp32 hint, and its
-/// default precision, whichever that is here).
+/// with the same thread count: Paddle, us (f32, and bf16 where this CPU has AVX-512 BF16),
+/// PyTorch eager (f32 and bf16 autocast), and in eval our exported ONNX model in ONNX Runtime
+/// and in OpenVINO (fp32 hint, and its default precision, whichever that is here).
 pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
@@ -532,6 +541,7 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
     let (python, ours, onnx) = (&bench.python, &bench.ours, &bench.onnx);
     let script = project_root().join("tests/bench/model_baselines.py");
     let engines = project_root().join("tests/bench/onnx_engines.py");
+    let torch_script = project_root().join("tests/bench/torch_eager.py");
     let threads = thread_count(threads);
     let eval_iters = if quick { 2 } else { 6 };
     // (label, mode, batch, timed iterations): R50, 8 frames, 224 px
@@ -573,10 +583,7 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
                     .env("RAYON_NUM_THREADS", &threads),
             )?;
             record(label, "tsm-rs".into(), rs);
-            if mode != "eval" {
-                continue;
-            }
-            // bf16 where this CPU has the kernel's instructions; elsewhere model_bench says
+            // bf16 where this CPU has the kernels' instructions; elsewhere model_bench says
             // which it lacks
             let bf16 = bench_stdout(
                 Command::new(ours)
@@ -587,6 +594,19 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
             match skipped(&bf16) {
                 Some(why) => eprintln!("xtask: bench model: {TSM_BF16} not run: {why}"),
                 None => record(label, TSM_BF16.into(), parse_measurement(&bf16)?),
+            }
+            for (dtype, name) in [("f32", TORCH_F32), ("bf16", TORCH_BF16)] {
+                let torch = measure(
+                    Command::new(&bench.torch)
+                        .arg(&torch_script)
+                        .args(&args)
+                        .args(["--device", "cpu", "--dtype", dtype])
+                        .env("OMP_NUM_THREADS", &threads),
+                )?;
+                record(label, name.into(), torch);
+            }
+            if mode != "eval" {
+                continue;
             }
             for (engine, name) in [
                 ("onnxruntime", "ONNX Runtime, CPU EP"),
@@ -613,7 +633,8 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
     );
     println!(
         "| measurement | engine | clips/s | range | x Paddle | x fastest f32 engine | x OpenVINO \
-         default | peak RSS MB | RSS x Paddle |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+         default | x PyTorch, same precision | peak RSS MB | RSS x Paddle |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let median_of = |label: &str, pick: &dyn Fn(&str) -> bool| -> Option<f64> {
         rows.iter()
@@ -652,9 +673,16 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
             Some(ov) if engine == "tsm-rs" || engine == TSM_BF16 => format!("{:.2}x", speed / ov),
             _ => "-".into(),
         };
+        // PyTorch in the row's own precision: f32 for f32, bf16 autocast for bf16
+        let torch = match engine.as_str() {
+            "tsm-rs" => median_of(label, &|e: &str| e == TORCH_F32),
+            TSM_BF16 => median_of(label, &|e: &str| e == TORCH_BF16),
+            _ => None,
+        };
+        let vs_torch = torch.map_or("-".into(), |t| format!("{:.2}x", speed / t));
         println!(
             "| {label} | {engine} | {speed:.3} | {lo:.3}-{hi:.3} | {vs_paddle} | {vs_best} | \
-             {vs_ov_default} | {rss:.0} | {rss_ratio} |"
+             {vs_ov_default} | {vs_torch} | {rss:.0} | {rss_ratio} |"
         );
     }
     layer_profile(&bench, &threads, eval_iters)

@@ -17,10 +17,22 @@ pub fn reference_dir() -> PathBuf {
 /// The venv's python, creating the venv and installing `tests/reference/requirements.txt`
 /// when the venv is missing or the requirements changed since it was built.
 pub fn venv_python() -> Result<PathBuf> {
+    venv("pyref-venv", "tests/reference/requirements.txt")
+}
+
+/// The python of the benchmark's PyTorch venv (`tests/bench/torch-requirements.txt`), kept
+/// apart from the test suite's: PyTorch's wheels are gigabytes that the tests do not need.
+pub fn torch_python() -> Result<PathBuf> {
+    venv("torch-venv", "tests/bench/torch-requirements.txt")
+}
+
+/// `target/NAME`'s python, (re)built when it is missing or `requirements` (relative to the
+/// project root) changed since it was built.
+fn venv(name: &str, requirements: &str) -> Result<PathBuf> {
     let root = project_root();
-    let venv = root.join("target/pyref-venv");
+    let venv = root.join("target").join(name);
     let python = venv.join("bin/python");
-    let req_path = root.join("tests/reference/requirements.txt");
+    let req_path = root.join(requirements);
     let requirements = std::fs::read_to_string(&req_path)
         .with_context(|| format!("reading {}", req_path.display()))?;
     let stamp = venv.join(".requirements.installed");
