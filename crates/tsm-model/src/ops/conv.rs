@@ -10,6 +10,8 @@
 //! candle's own conv keeps (the input). The forward builds a large map's im2col a band of
 //! output rows at a time, small enough to stay in cache. Frames are split into one contiguous group per thread,
 //! each running single-threaded gemms, so the split (and any sum over frames) is deterministic.
+//! With [`ProductPrecision::Bf16`] the three products round their operands to bf16 and sum in
+//! f32 (`ops/gemm.rs`); everything around them is unchanged.
 //! Other dtypes, and CUDA until the op has its kernel, run candle's `conv2d` (the reference).
 
 use candle_core::backend::BackendStorage;
@@ -17,11 +19,10 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use gemm::Parallelism;
-
-use super::gemm::{bf16_products_run_here, matmul_strided, GemmElem, Lhs, Mat, ProductPrecision};
 use rayon::prelude::*;
 
 use super::activation::leaky_relu_reference;
+use super::gemm::{bf16_products_run_here, matmul_strided, GemmElem, Lhs, Mat, ProductPrecision};
 use super::shift::{check_shift_args, ShiftSpec};
 use super::timing::{timed, OpKind};
 use super::{cpu_kernel, cpu_slice, has_cpu_kernel, per_channel, reference_fwd, reference_vjp};
@@ -474,7 +475,8 @@ impl Geom {
     }
 }
 
-/// `dst[a.rows, b.cols] (+)= a @ b`, `dst` contiguous (accumulating when `acc`), in the conv's product precision.
+/// `dst[a.rows, b.cols] (+)= a @ b`, `dst` contiguous (accumulating when `acc`), in the
+/// precision `a` was made for (the conv's).
 fn matmul<T: Elem>(g: &Geom, dst: &mut [T], acc: bool, a: &Lhs<T>, b: Mat<T>) {
     matmul_strided(dst, b.cols, acc, a, b, g.gemm_par())
 }
