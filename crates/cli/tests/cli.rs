@@ -432,31 +432,40 @@ fn train_says_what_gpus_and_nccl_need() {
     check_error_output(&out, &args, &["NCCL needs a CUDA device"]);
 }
 
+/// A one-motion set of 32 px, 4-frame clips (`per_class` to train and `val` to validate on,
+/// from `seed`) under `dir`, the run directory beside it, and the overrides that train a
+/// 4-segment model on it for `epochs` at `batch`.
+fn one_motion_job(
+    dir: &std::path::Path,
+    (per_class, val, seed): (usize, usize, u64),
+    batch: usize,
+    epochs: usize,
+) -> (motion::MotionSet, PathBuf, Vec<String>) {
+    let spec = MotionSpec {
+        size: 32,
+        frames: 4,
+        train_per_class: per_class,
+        val_per_class: val,
+        motions: vec![Motion::Horizontal],
+        seed,
+    };
+    let set = motion::generate(&spec, &dir.join("data")).unwrap();
+    let overrides = vec![
+        "model.num_seg=4".to_string(),
+        "data.sampling.segments.num_seg=4".to_string(),
+        format!("data.batch_size={batch}"),
+        format!("train.epochs={epochs}"),
+    ];
+    (set, dir.join("run"), overrides)
+}
+
 /// `train --precision bf16`: mixed-precision training runs the whole job and records the
 /// precision in the run's resolved config; where the CPU lacks the instructions, a one-line
 /// error before any work.
 #[test]
 fn train_in_bf16_runs_and_records_its_precision() {
     let dir = common::fresh_dir("cli-train-bf16");
-    let spec = MotionSpec {
-        size: 32,
-        frames: 4,
-        train_per_class: 2,
-        val_per_class: 1,
-        motions: vec![Motion::Horizontal],
-        seed: 3,
-    };
-    let set = motion::generate(&spec, &dir.join("data")).unwrap();
-    let run = dir.join("run");
-    let overrides: Vec<String> = [
-        "model.num_seg=4",
-        "data.sampling.segments.num_seg=4",
-        "data.batch_size=2",
-        "train.epochs=1",
-    ]
-    .iter()
-    .map(|o| o.to_string())
-    .collect();
+    let (set, run, overrides) = one_motion_job(&dir, (2, 1, 3), 2, 1);
     let out = common::train_command(&set, &run, &overrides)
         .args(["--precision", "bf16"])
         .output()
@@ -626,23 +635,7 @@ fn every_command_has_an_example_in_its_help() {
 #[test]
 fn train_draws_its_curves_and_plot_redraws_them() {
     let dir = common::fresh_dir("cli-plot");
-    let spec = MotionSpec {
-        size: 32,
-        frames: 4,
-        train_per_class: 4,
-        val_per_class: 2,
-        motions: vec![Motion::Horizontal],
-        seed: 1,
-    };
-    let set = motion::generate(&spec, &dir.join("data")).unwrap();
-    let run = dir.join("run");
-    let overrides = [
-        "model.num_seg=4",
-        "data.sampling.segments.num_seg=4",
-        "data.batch_size=4",
-        "train.epochs=2",
-    ];
-    let overrides: Vec<String> = overrides.iter().map(|o| o.to_string()).collect();
+    let (set, run, overrides) = one_motion_job(&dir, (4, 2, 1), 4, 2);
     let out = common::train_on_motion(&set, &run, &overrides);
     let curves = run.join("curves.png");
     let stdout = text(&out.stdout);
@@ -746,25 +739,7 @@ fn on_a_terminal(mut cmd: Command) -> (String, ExitStatus) {
 #[test]
 fn on_a_terminal_train_and_predict_show_live_bars() {
     let dir = common::fresh_dir("cli-terminal");
-    let spec = MotionSpec {
-        size: 32,
-        frames: 4,
-        train_per_class: 4,
-        val_per_class: 2,
-        motions: vec![Motion::Horizontal],
-        seed: 2,
-    };
-    let set = motion::generate(&spec, &dir.join("data")).unwrap();
-    let run = dir.join("run");
-    let overrides: Vec<String> = [
-        "model.num_seg=4",
-        "data.sampling.segments.num_seg=4",
-        "data.batch_size=4",
-        "train.epochs=2",
-    ]
-    .iter()
-    .map(|o| o.to_string())
-    .collect();
+    let (set, run, overrides) = one_motion_job(&dir, (4, 2, 2), 4, 2);
     let (screen, status) = on_a_terminal(common::train_command(&set, &run, &overrides));
     assert!(status.success(), "{screen}");
     // the bar's fields, for each epoch

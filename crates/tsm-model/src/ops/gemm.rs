@@ -496,19 +496,13 @@ mod bf16 {
         assert!(valid <= W && out.len() >= steps * W * 16);
         assert!(valid == 0 || kc == 0 || (valid - 1) * sr + (kc - 1) * sk < src.len());
         if sk == 1 {
-            let lanes = |n: usize| (1u32 << n.min(16)).wrapping_sub(1) as u16;
             for r in 0..valid {
                 for s in 0..steps {
                     let k0 = 32 * s;
-                    let nk = (kc - k0).min(32);
-                    // SAFETY: the enabled lanes read `k0..k0 + nk < kc` of row `r < valid`
+                    // SAFETY: the run `k0..k0 + nk <= kc` of row `r < valid` is inside `src`
                     // (asserted above); the store writes 16 values inside `out`.
                     unsafe {
-                        let row = src.as_ptr().add(r * sr + k0);
-                        let lo = _mm512_maskz_loadu_ps(lanes(nk), row);
-                        let hi = _mm512_maskz_loadu_ps(lanes(nk.saturating_sub(16)), row.add(16));
-                        let pairs =
-                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                        let pairs = run_pairs(src.as_ptr().add(r * sr + k0), (kc - k0).min(32));
                         _mm512_storeu_si512(out.as_mut_ptr().add((s * W + r) * 16).cast(), pairs);
                     }
                 }
@@ -516,18 +510,38 @@ mod bf16 {
             return;
         }
         // the weights' transpose (the input gradient's left operand), packed once per call
-        let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
         for r in 0..valid {
             for p in 0..kc.div_ceil(2) {
-                let lo = bits(src[r * sr + 2 * p * sk]);
-                let hi = if 2 * p + 1 < kc {
-                    bits(src[r * sr + (2 * p + 1) * sk])
-                } else {
-                    0
-                };
-                out[((p / 16) * W + r) * 16 + p % 16] = lo | hi << 16;
+                out[((p / 16) * W + r) * 16 + p % 16] = scalar_pair(src, r * sr, sk, p, kc);
             }
         }
+    }
+
+    /// Lanes `0..n` (at most 16) of a mask.
+    fn lanes(n: usize) -> u16 {
+        (1u32 << n.min(16)).wrapping_sub(1) as u16
+    }
+
+    /// The 16 bf16 pairs of the `nk <= 32` consecutive values at `run`, zeros past them.
+    ///
+    /// # Safety
+    /// `run` points at `nk` readable f32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn run_pairs(run: *const f32, nk: usize) -> __m512i {
+        // SAFETY: the masks enable only the caller's `nk` values.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(lanes(nk), run);
+            let hi = _mm512_maskz_loadu_ps(lanes(nk.saturating_sub(16)), run.add(16));
+            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+        }
+    }
+
+    /// Pair `p` (values `2p` and `2p + 1`, the second zero past `kc`) of the run at
+    /// `src[at]` whose values are `sk` apart, as bf16 bits.
+    fn scalar_pair(src: &[f32], at: usize, sk: usize, p: usize, kc: usize) -> u32 {
+        let bits = |k: usize| half::bf16::from_f32(src[at + k * sk]).to_bits() as u32;
+        let hi = if 2 * p + 1 < kc { bits(2 * p + 1) } else { 0 };
+        bits(2 * p) | hi << 16
     }
 
     /// Packs a panel `[k pair][W]` of bf16 pairs (zeros past the ends, and on to the end of
@@ -551,7 +565,6 @@ mod bf16 {
             out[kp * W..].fill(0);
         }
         assert!(valid == 0 || kc == 0 || (valid - 1) * sr + (kc - 1) * sk < src.len());
-        let lanes = |n: usize| (1u32 << n.min(16)).wrapping_sub(1) as u16;
         // SAFETY (loads): every enabled lane reads an element `(r < valid, k < kc)` of the
         // source, inside `src` (asserted above); (stores): inside `out`'s `kp * W` values.
         if sr == 1 {
@@ -588,17 +601,10 @@ mod bf16 {
                 let row = unsafe { src.as_ptr().add(r * sr) };
                 for p0 in (0..kp).step_by(16) {
                     let k0 = 2 * p0;
-                    let nk = (kc - k0).min(32);
-                    let lo = unsafe { _mm512_maskz_loadu_ps(lanes(nk), row.add(k0)) };
-                    let hi = unsafe {
-                        _mm512_maskz_loadu_ps(lanes(nk.saturating_sub(16)), row.add(k0 + 16))
-                    };
                     let mut pairs = [0u32; 16];
                     unsafe {
-                        _mm512_storeu_si512(
-                            pairs.as_mut_ptr().cast(),
-                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
-                        )
+                        let v = run_pairs(row.add(k0), (kc - k0).min(32));
+                        _mm512_storeu_si512(pairs.as_mut_ptr().cast(), v)
                     };
                     for (j, &v) in pairs.iter().enumerate().take(kp - p0) {
                         out[(p0 + j) * W + r] = v;
@@ -606,16 +612,9 @@ mod bf16 {
                 }
             }
         } else {
-            let bits = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
             for r in 0..valid {
                 for p in 0..kp {
-                    let lo = bits(src[r * sr + 2 * p * sk]);
-                    let hi = if 2 * p + 1 < kc {
-                        bits(src[r * sr + (2 * p + 1) * sk])
-                    } else {
-                        0
-                    };
-                    out[p * W + r] = lo | hi << 16;
+                    out[p * W + r] = scalar_pair(src, r * sr, sk, p, kc);
                 }
             }
         }
