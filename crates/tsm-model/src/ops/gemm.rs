@@ -509,15 +509,17 @@ mod bf16 {
             }
             return;
         }
-        // the weights' transpose (the input gradient's left operand), packed once per call
-        for r in 0..valid {
-            for p in 0..kc.div_ceil(2) {
+        // the weights' transpose (the input gradient's left operand), packed once per call:
+        // rows inside the pair loop, so that the reads of the transpose (`sr == 1`) are in order
+        for p in 0..kc.div_ceil(2) {
+            for r in 0..valid {
                 out[((p / 16) * W + r) * 16 + p % 16] = scalar_pair(src, r * sr, sk, p, kc);
             }
         }
     }
 
     /// Lanes `0..n` (at most 16) of a mask.
+    #[inline]
     fn lanes(n: usize) -> u16 {
         (1u32 << n.min(16)).wrapping_sub(1) as u16
     }
@@ -527,6 +529,7 @@ mod bf16 {
     /// # Safety
     /// `run` points at `nk` readable f32.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[inline]
     unsafe fn run_pairs(run: *const f32, nk: usize) -> __m512i {
         // SAFETY: the masks enable only the caller's `nk` values.
         unsafe {
@@ -538,6 +541,7 @@ mod bf16 {
 
     /// Pair `p` (values `2p` and `2p + 1`, the second zero past `kc`) of the run at
     /// `src[at]` whose values are `sk` apart, as bf16 bits.
+    #[inline]
     fn scalar_pair(src: &[f32], at: usize, sk: usize, p: usize, kc: usize) -> u32 {
         let bits = |k: usize| half::bf16::from_f32(src[at + k * sk]).to_bits() as u32;
         let hi = if 2 * p + 1 < kc { bits(2 * p + 1) } else { 0 };
