@@ -40,6 +40,8 @@ macro_rules! cpu_by_dtype {
     };
 }
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod batch_norm;
 mod checkpoint;
 mod config;

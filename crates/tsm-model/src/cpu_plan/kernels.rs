@@ -21,12 +21,15 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::amx_conv;
 use crate::ops::LEAKY_SLOPE;
 
 /// Channels per block: one AVX register of f32.
 pub(super) const LANES: usize = 8;
 /// Output channels per output tile (two blocks); the weights are packed in these.
 pub(super) const OUT_TILE: usize = 16;
+/// Channels per block of the AMX kernel: one 64-byte tile row of bf16.
+pub(super) const AMX_LANES: usize = 32;
 
 /// Activations of `n` frames of `cb` channel blocks, `h x w`, in the blocked layout with a
 /// zero border (see the module docs). Only the interior is data; the border is kept zero.
@@ -35,6 +38,8 @@ pub(super) struct Blocked<E> {
     pub(super) cb: usize,
     pub(super) h: usize,
     pub(super) w: usize,
+    /// Channels per block: [`LANES`], or [`AMX_LANES`] for the AMX kernel.
+    pub(super) lanes: usize,
     /// The arena's buffer: the activations are its first [`Blocked::len`] elements (a buffer
     /// serves larger activations at other points of the pass).
     pub(super) data: Vec<E>,
@@ -44,72 +49,84 @@ pub(super) struct Blocked<E> {
 
 /// Sizes of a blocked plane (one channel block of one frame).
 #[derive(Debug, Clone, Copy)]
-struct Plane {
-    h: usize,
-    w: usize,
+pub(super) struct Plane {
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) lanes: usize,
 }
 
 impl Plane {
     /// Row length with the border, in pixels.
-    fn wp(self) -> usize {
+    pub(super) fn wp(self) -> usize {
         self.w + 2
     }
 
-    fn len(self) -> usize {
-        (self.h + 2) * self.wp() * LANES
+    pub(super) fn len(self) -> usize {
+        (self.h + 2) * self.wp() * self.lanes
     }
 
     /// Offset of interior pixel `(y, x)`.
-    fn at(self, y: usize, x: usize) -> usize {
-        ((y + 1) * self.wp() + x + 1) * LANES
+    pub(super) fn at(self, y: usize, x: usize) -> usize {
+        ((y + 1) * self.wp() + x + 1) * self.lanes
     }
 
     /// Zeroes the border of `plane` (its interior is written by the producer).
-    fn zero_border<E: Elem>(self, plane: &mut [E]) {
-        let row = self.wp() * LANES;
+    pub(super) fn zero_border<E: Elem>(self, plane: &mut [E]) {
+        let (row, l) = (self.wp() * self.lanes, self.lanes);
         let zero = E::default();
         plane[..row].fill(zero);
         plane[(self.h + 1) * row..].fill(zero);
         for y in 1..=self.h {
-            plane[y * row..y * row + LANES].fill(zero);
-            plane[(y + 1) * row - LANES..(y + 1) * row].fill(zero);
+            plane[y * row..y * row + l].fill(zero);
+            plane[(y + 1) * row - l..(y + 1) * row].fill(zero);
         }
     }
 }
 
 impl<E> Blocked<E> {
-    /// Elements of `n` frames of `cb` blocks of `h x w`.
-    pub(super) fn len(n: usize, cb: usize, h: usize, w: usize) -> usize {
-        n * cb * Plane { h, w }.len()
+    /// Elements of `n` frames of `cb` blocks of `lanes` channels, `h x w`.
+    pub(super) fn len(n: usize, cb: usize, h: usize, w: usize, lanes: usize) -> usize {
+        n * cb * Plane { h, w, lanes }.len()
     }
 
-    fn plane(&self) -> Plane {
+    /// Elements a buffer holds past its activations: the AMX kernel's tiles of 16 pixels
+    /// read on past the last plane's end (into values whose sums it never stores).
+    pub(super) fn read_past(lanes: usize) -> usize {
+        64 * lanes
+    }
+
+    pub(super) fn plane(&self) -> Plane {
         Plane {
             h: self.h,
             w: self.w,
+            lanes: self.lanes,
         }
     }
 
-    fn check(&self) {
+    fn elems(&self) -> usize {
+        Self::len(self.n, self.cb, self.h, self.w, self.lanes)
+    }
+
+    pub(super) fn check(&self) {
         assert!(
-            self.data.len() >= Self::len(self.n, self.cb, self.h, self.w),
+            self.data.len() >= self.elems(),
             "blocked activations: buffer smaller than its sizes"
         );
     }
 
     /// The activations.
-    fn buf(&self) -> &[E] {
-        &self.data[..Self::len(self.n, self.cb, self.h, self.w)]
+    pub(super) fn buf(&self) -> &[E] {
+        &self.data[..self.elems()]
     }
 
-    fn buf_mut(&mut self) -> &mut [E] {
-        let len = Self::len(self.n, self.cb, self.h, self.w);
+    pub(super) fn buf_mut(&mut self) -> &mut [E] {
+        let len = self.elems();
         &mut self.data[..len]
     }
 }
 
 /// `x [n, c, h, w]` (NCHW, any float dtype: bf16 frames are read as they are, not copied to
-/// f32 first) into `out` (`n` frames, `c.div_ceil(8)` blocks, channels past `c` zero).
+/// f32 first) into `out` (`n` frames, `c` channels in whole blocks, channels past `c` zero).
 pub(super) fn to_blocked<T: candle_core::WithDType, E: Elem>(
     x: &[T],
     c: usize,
@@ -127,9 +144,9 @@ pub(super) fn to_blocked<T: candle_core::WithDType, E: Elem>(
             p.zero_border(plane);
             for y in 0..p.h {
                 for xi in 0..p.w {
-                    let px = &mut plane[p.at(y, xi)..][..LANES];
+                    let px = &mut plane[p.at(y, xi)..][..p.lanes];
                     for (l, v) in px.iter_mut().enumerate() {
-                        let ch = b * LANES + l;
+                        let ch = b * p.lanes + l;
                         *v = if ch < c {
                             E::from_f32(x[(frame * c + ch) * hw + y * p.w + xi].to_f64() as f32)
                         } else {
@@ -152,10 +169,10 @@ pub(super) fn from_blocked<E: Elem>(x: &Blocked<E>, c: usize) -> Vec<E::Value> {
     }
     out.par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
         let (frame, ch) = (i / c, i % c);
-        let plane = &x.buf()[(frame * x.cb + ch / LANES) * p.len()..][..p.len()];
+        let plane = &x.buf()[(frame * x.cb + ch / p.lanes) * p.len()..][..p.len()];
         for y in 0..p.h {
             for xi in 0..p.w {
-                dst[y * p.w + xi] = plane[p.at(y, xi) + ch % LANES].to_value();
+                dst[y * p.w + xi] = plane[p.at(y, xi) + ch % p.lanes].to_value();
             }
         }
     });
@@ -203,7 +220,10 @@ fn pool<E: Elem>(
 ) {
     x.check();
     out.check();
-    assert_eq!(x.cb * x.n, out.cb * out.n, "pool: planes differ");
+    assert!(
+        x.cb * x.n == out.cb * out.n && x.lanes == out.lanes,
+        "pool: planes differ"
+    );
     // every kernel of the plan runs on AVX2 or a superset
     assert!(
         is_x86_feature_detected!("avx2"),
@@ -226,23 +246,26 @@ fn pool<E: Elem>(
             let rows = window(oy, pi.h);
             for ox in 0..po.w {
                 let cols = window(ox, pi.w);
-                let mut acc = [init; LANES];
-                for y in rows.clone() {
-                    for xi in cols.clone() {
-                        let Some(v) = src[pi.at(y, xi)..].first_chunk::<LANES>() else {
-                            unreachable!("a pixel inside its plane")
-                        };
-                        for (a, &v) in acc.iter_mut().zip(v) {
-                            *a = combine(*a, v.to_f32());
+                // a pixel's channels 8 at a time: one register
+                for l in (0..pi.lanes).step_by(LANES) {
+                    let mut acc = [init; LANES];
+                    for y in rows.clone() {
+                        for xi in cols.clone() {
+                            let Some(v) = src[pi.at(y, xi) + l..].first_chunk::<LANES>() else {
+                                unreachable!("a pixel inside its plane")
+                            };
+                            for (a, &v) in acc.iter_mut().zip(v) {
+                                *a = combine(*a, v.to_f32());
+                            }
                         }
                     }
-                }
-                let cells = rows.len() * cols.len();
-                let Some(d) = dst[po.at(oy, ox)..].first_chunk_mut::<LANES>() else {
-                    unreachable!("a pixel inside its plane")
-                };
-                for (d, a) in d.iter_mut().zip(acc) {
-                    *d = E::from_f32(finish(a, cells));
+                    let cells = rows.len() * cols.len();
+                    let Some(d) = dst[po.at(oy, ox) + l..].first_chunk_mut::<LANES>() else {
+                        unreachable!("a pixel inside its plane")
+                    };
+                    for (d, a) in d.iter_mut().zip(acc) {
+                        *d = E::from_f32(finish(a, cells));
+                    }
                 }
             }
         }
@@ -267,6 +290,10 @@ pub(crate) enum Kernel {
     /// bf16 weights and inputs, products summed in f32 (AVX-512 BF16's `vdpbf16ps`: two
     /// input channels per instruction and lane): 12 pixels x 32 output channels.
     Bf16Avx512,
+    /// bf16 as `Bf16Avx512`, on AMX tiles (`tdpbf16ps`: 16 pixels x 16 output channels x 32
+    /// input channels per instruction): 32 pixels x 32 output channels in four tiles, on
+    /// blocks of [`AMX_LANES`] channels (see `amx_conv`).
+    Bf16Amx,
 }
 
 /// What [`Kernel::for_dtype`] found missing.
@@ -281,7 +308,12 @@ pub(crate) enum NoKernel {
 impl Kernel {
     /// Every kernel, fastest first within a dtype.
     #[cfg(test)]
-    pub(crate) const ALL: [Kernel; 3] = [Kernel::F32Avx512, Kernel::F32Avx2, Kernel::Bf16Avx512];
+    pub(crate) const ALL: [Kernel; 4] = [
+        Kernel::F32Avx512,
+        Kernel::F32Avx2,
+        Kernel::Bf16Amx,
+        Kernel::Bf16Avx512,
+    ];
 
     /// The fastest kernel for weights of `dtype` on this CPU.
     pub(crate) fn for_dtype(dtype: candle_core::DType) -> Result<Self, NoKernel> {
@@ -289,7 +321,9 @@ impl Kernel {
             candle_core::DType::F32 => [Kernel::F32Avx512, Kernel::F32Avx2]
                 .into_iter()
                 .find(|k| k.runs_here()),
-            candle_core::DType::BF16 => Some(Kernel::Bf16Avx512).filter(|k| k.runs_here()),
+            candle_core::DType::BF16 => [Kernel::Bf16Amx, Kernel::Bf16Avx512]
+                .into_iter()
+                .find(|k| k.runs_here()),
             _ => return Err(NoKernel::Dtype),
         };
         found.ok_or(NoKernel::Cpu(match dtype {
@@ -310,7 +344,23 @@ impl Kernel {
             Kernel::F32Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             Kernel::F32Avx512 => avx512(),
             Kernel::Bf16Avx512 => avx512() && is_x86_feature_detected!("avx512bf16"),
+            Kernel::Bf16Amx => {
+                avx512() && is_x86_feature_detected!("avx512bf16") && crate::amx::usable()
+            }
         }
+    }
+
+    /// Channels per block of the activations.
+    pub(super) fn lanes(self) -> usize {
+        match self {
+            Kernel::Bf16Amx => AMX_LANES,
+            Kernel::F32Avx2 | Kernel::F32Avx512 | Kernel::Bf16Avx512 => LANES,
+        }
+    }
+
+    /// What the output channels must be a multiple of: the register tile's.
+    pub(super) fn cout_multiple(self) -> usize {
+        self.out_tiles() * OUT_TILE
     }
 
     /// Output pixels per register tile.
@@ -318,6 +368,7 @@ impl Kernel {
         match self {
             Kernel::F32Avx2 => AVX2_PIXELS,
             Kernel::F32Avx512 | Kernel::Bf16Avx512 => AVX512_PIXELS,
+            Kernel::Bf16Amx => 2 * amx_conv::TILE_ROWS,
         }
     }
 
@@ -325,7 +376,7 @@ impl Kernel {
     fn out_tiles(self) -> usize {
         match self {
             Kernel::F32Avx2 => 1,
-            Kernel::F32Avx512 | Kernel::Bf16Avx512 => 2,
+            Kernel::F32Avx512 | Kernel::Bf16Avx512 | Kernel::Bf16Amx => 2,
         }
     }
 }
@@ -349,7 +400,7 @@ pub(super) struct PackedConv {
     pub(super) pad: usize,
     kernel: Kernel,
     weights: Weights,
-    bias: Vec<f32>,
+    pub(super) bias: Vec<f32>,
 }
 
 pub(super) enum Weights {
@@ -417,7 +468,7 @@ impl Elem for u16 {
 }
 
 /// Round to nearest even, as `vcvtneps2bf16` does (NaNs stay NaNs).
-fn bf16_bits(v: f32) -> u16 {
+pub(super) fn bf16_bits(v: f32) -> u16 {
     let b = v.to_bits();
     if v.is_nan() {
         ((b >> 16) | 0x40) as u16
@@ -430,7 +481,7 @@ fn bf16_bits(v: f32) -> u16 {
 /// one set of instructions).
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn bf16_bits16(v: __m512) -> __m256i {
+pub(super) fn bf16_bits16(v: __m512) -> __m256i {
     let b = _mm512_castps_si512(v);
     let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
     let rounded = _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
@@ -452,27 +503,27 @@ pub(super) struct BlockSources {
 
 /// A run of channels of one input block that one frame supplies.
 #[derive(Debug, Clone, Copy)]
-struct Source {
-    frame: usize,
-    block: usize,
+pub(super) struct Source {
+    pub(super) frame: usize,
+    pub(super) block: usize,
     /// Lanes `lo..hi` of the block.
-    lo: usize,
-    hi: usize,
+    pub(super) lo: usize,
+    pub(super) hi: usize,
 }
 
 impl BlockSources {
-    /// What output frame `frame` reads, for input blocks `0..cb` (a block that a fold boundary
-    /// cuts is read in pieces).
-    fn of(&self, frame: usize, cb: usize) -> Vec<Source> {
+    /// What output frame `frame` reads, for input blocks `0..cb` of `lanes` channels (a block
+    /// that a fold boundary cuts is read in pieces).
+    pub(super) fn of(&self, frame: usize, cb: usize, lanes: usize) -> Vec<Source> {
         let t = frame % self.num_seg;
         let folds = [
             (0, self.c1, t.checked_sub(1)),
             (self.c1, self.c2, Some(t + 1).filter(|&s| s < self.num_seg)),
-            (self.c2, cb * LANES, Some(t)),
+            (self.c2, cb * lanes, Some(t)),
         ];
         let mut out = Vec::new();
         for block in 0..cb {
-            let (b0, b1) = (block * LANES, (block + 1) * LANES);
+            let (b0, b1) = (block * lanes, (block + 1) * lanes);
             for &(f0, f1, src) in &folds {
                 let (lo, hi) = (f0.max(b0), f1.min(b1));
                 if let (Some(s), true) = (src, lo < hi) {
@@ -489,13 +540,13 @@ impl BlockSources {
     }
 }
 
-/// Whether `reads` (of a frame with `cb` input blocks) read every block whole.
-fn complete(reads: &[Source], cb: usize) -> bool {
+/// Whether `reads` (of a frame with `cb` input blocks of `lanes`) read every block whole.
+pub(super) fn complete(reads: &[Source], cb: usize, lanes: usize) -> bool {
     reads.len() == cb
         && reads
             .iter()
             .enumerate()
-            .all(|(b, r)| r.block == b && (r.lo, r.hi) == (0, LANES))
+            .all(|(b, r)| r.block == b && (r.lo, r.hi) == (0, lanes))
 }
 
 /// Where each step of a register tile's input (8 input channels of one block and tap) starts,
@@ -559,6 +610,18 @@ impl PackedConv {
             "packed conv: unsupported weight {dims:?}"
         );
         assert_eq!(bias.len(), cout, "packed conv: bias length");
+        if kernel == Kernel::Bf16Amx {
+            return Self {
+                cin,
+                cout,
+                k,
+                stride,
+                pad: (k - 1) / 2,
+                kernel,
+                weights: Weights::Bf16(amx_conv::pack_weights(w, dims)),
+                bias: bias.to_vec(),
+            };
+        }
         let cb = cin.div_ceil(LANES);
         let kk = k * k;
         let mut packed = vec![0.0; cout / OUT_TILE * cb * kk * LANES * OUT_TILE];
@@ -574,7 +637,7 @@ impl PackedConv {
         }
         let weights = match kernel {
             Kernel::F32Avx2 | Kernel::F32Avx512 => Weights::F32(packed),
-            Kernel::Bf16Avx512 => Weights::Bf16(
+            Kernel::Bf16Avx512 | Kernel::Bf16Amx => Weights::Bf16(
                 packed
                     .chunks_exact(LANES * OUT_TILE)
                     .flat_map(|step| {
@@ -627,9 +690,12 @@ impl PackedConv {
         x.check();
         out.check();
         let (pi, po) = (x.plane(), out.plane());
+        let lanes = self.kernel.lanes();
         assert!(
-            x.cb == self.cin.div_ceil(LANES)
-                && out.cb * LANES == self.cout
+            x.lanes == lanes
+                && out.lanes == lanes
+                && x.cb == self.cin.div_ceil(lanes)
+                && out.cb * lanes == self.cout
                 && out.n == x.n
                 && po.h == self.out_size(pi.h)
                 && po.w == self.out_size(pi.w)
@@ -639,6 +705,7 @@ impl PackedConv {
         if let Some(r) = residual {
             r.check();
             assert!(r.n == out.n && r.cb == out.cb && r.h == out.h && r.w == out.w);
+            assert!(r.lanes == out.lanes);
         }
         let sources = sources.unwrap_or(BlockSources {
             num_seg: 1,
@@ -649,12 +716,13 @@ impl PackedConv {
             x.n.is_multiple_of(sources.num_seg),
             "packed conv: partial clip"
         );
+        let slope = act.then_some(LEAKY_SLOPE as f32);
+        if self.kernel == Kernel::Bf16Amx {
+            return E::amx_conv(self, weights, (x, sources, residual), slope, out);
+        }
         let (pix, nt) = (self.kernel.pixels(), self.kernel.out_tiles());
         let obs = self.cout / OUT_TILE;
-        // tasks: (frame, group of output tiles); enough of them to keep every thread busy,
-        // each group whole register tiles
-        let threads = rayon::current_num_threads();
-        let groups = (2 * threads).div_ceil(x.n.max(1)).clamp(1, obs);
+        let groups = conv_groups(x.n, obs / nt, size_of_val(weights));
         let per_group = obs.div_ceil(groups).next_multiple_of(nt);
         let frame_len = out.cb * po.len();
         let k = x.cb * self.k * self.k * LANES;
@@ -662,17 +730,11 @@ impl PackedConv {
         let tiles = row_tiles(po, pix);
         // a packed panel's steps, one after another
         let packed = StepOffsets::new((0..k / LANES).map(|s| s * pix * LANES).collect());
-        let slope = act.then_some(LEAKY_SLOPE as f32);
-        out.buf_mut()
-            .par_chunks_mut(frame_len)
-            .enumerate()
-            .flat_map(|(frame, dst)| {
-                dst.par_chunks_mut(per_group * 2 * po.len())
-                    .enumerate()
-                    .map(move |(g, dst)| (frame, g * per_group, dst))
-            })
-            .for_each(|(frame, ob0, dst)| {
-                let reads = sources.of(frame, x.cb);
+        conv_tasks(out.buf_mut(), frame_len, per_group * 2 * po.len())
+            .into_par_iter()
+            .for_each(|(frame, g, dst)| {
+                let ob0 = g * per_group;
+                let reads = sources.of(frame, x.cb, LANES);
                 let residual = residual
                     .map(|r| &r.buf()[frame * frame_len + ob0 * 2 * po.len()..][..dst.len()]);
                 for plane in dst.chunks_exact_mut(po.len()) {
@@ -680,7 +742,7 @@ impl PackedConv {
                 }
                 // with every block read whole, a tile inside one input row reads the
                 // activations themselves: step (block, tap) at that block's plane and tap
-                let complete = complete(&reads, x.cb);
+                let complete = complete(&reads, x.cb, LANES);
                 let direct = (self.stride == 1 && complete).then(|| {
                     StepOffsets::new(
                         reads
@@ -808,6 +870,43 @@ impl PackedConv {
     }
 }
 
+/// Weights of one group of a conv's output channels (see [`conv_groups`]): a group's weights
+/// stay in a core's L2 while its tasks pass over the frames.
+const GROUP_WEIGHT_BYTES: usize = 1 << 20;
+
+/// Into how many groups a conv's `units` register tiles of output channels are split, for
+/// `frames` frames and `weight_bytes` of weights: enough (frame, group) tasks to keep every
+/// thread busy, and groups whose weights fit [`GROUP_WEIGHT_BYTES`] (the late layers' weights
+/// are megabytes for a few pixels: without this every frame streamed them from memory).
+pub(super) fn conv_groups(frames: usize, units: usize, weight_bytes: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    (2 * threads)
+        .div_ceil(frames.max(1))
+        .max(weight_bytes.div_ceil(GROUP_WEIGHT_BYTES))
+        .clamp(1, units.max(1))
+}
+
+/// A conv's tasks `(frame, group, its output)`: `out` cut into frames of `frame_len` and
+/// those into groups of `group_len`, group by group, so that a thread (which takes a run of
+/// the list) reuses one group's weights across frames.
+pub(super) fn conv_tasks<E>(
+    out: &mut [E],
+    frame_len: usize,
+    group_len: usize,
+) -> Vec<(usize, usize, &mut [E])> {
+    let mut tasks: Vec<_> = out
+        .chunks_mut(frame_len)
+        .enumerate()
+        .flat_map(|(frame, dst)| {
+            dst.chunks_mut(group_len)
+                .enumerate()
+                .map(move |(g, d)| (frame, g, d))
+        })
+        .collect();
+    tasks.sort_by_key(|t| t.1);
+    tasks
+}
+
 /// The register tiles `(first pixel, pixels)` of an output plane: each inside one row (so that a
 /// stride-1 tile reads one run of each input row), a row split into tiles of at most `pix`
 /// pixels, as even as they go (14 -> 7 + 7 at 12 pixels, not 12 + 2: a short tile has fewer
@@ -915,6 +1014,15 @@ pub(super) trait TileKernel: Sized {
     /// # Safety
     /// The CPU has AVX-512 F, DQ and BW.
     unsafe fn store16(job: &Job<Self>, q: usize, tile: usize, sums: __m512, dst: &mut [Self]);
+
+    /// The AMX kernel's `conv.run` (see `amx_conv::run`).
+    fn amx_conv(
+        conv: &PackedConv,
+        weights: &[Self],
+        input: (&Blocked<Self>, BlockSources, Option<&Blocked<Self>>),
+        slope: Option<f32>,
+        out: &mut Blocked<Self>,
+    );
 }
 
 /// `$body::<PIXELS, TILES>` for the runtime `(px, nt)`: one instance per width, so a short
@@ -945,9 +1053,21 @@ impl TileKernel for f32 {
                 Kernel::F32Avx2 => job.tile_avx2(p0, px, input, dst),
                 Kernel::F32Avx512 => dispatch!(tile_avx512, job, p0, px, nt, input, dst;
                     1 2 3 4 5 6 7 8 9 10 11 12),
-                Kernel::Bf16Avx512 => unreachable!("bf16 kernel with f32 activations"),
+                Kernel::Bf16Avx512 | Kernel::Bf16Amx => {
+                    unreachable!("bf16 kernel with f32 activations")
+                }
             }
         }
+    }
+
+    fn amx_conv(
+        _: &PackedConv,
+        _: &[f32],
+        _: (&Blocked<f32>, BlockSources, Option<&Blocked<f32>>),
+        _: Option<f32>,
+        _: &mut Blocked<f32>,
+    ) {
+        unreachable!("the AMX kernel with f32 activations")
     }
 
     #[target_feature(enable = "avx512f,avx512dq,avx512bw")]
@@ -975,6 +1095,16 @@ impl TileKernel for u16 {
         );
         // SAFETY: the caller checked the kernel's instructions.
         unsafe { dispatch!(tile_bf16, job, p0, px, nt, input, dst; 1 2 3 4 5 6 7 8 9 10 11 12) }
+    }
+
+    fn amx_conv(
+        conv: &PackedConv,
+        weights: &[u16],
+        input: (&Blocked<u16>, BlockSources, Option<&Blocked<u16>>),
+        slope: Option<f32>,
+        out: &mut Blocked<u16>,
+    ) {
+        amx_conv::run(conv, weights, input, slope, out)
     }
 
     #[target_feature(enable = "avx512f,avx512dq,avx512bw")]
@@ -1233,7 +1363,7 @@ mod tests {
             (2, 1, 12),
             (3, 9, 5),
         ] {
-            let tiles = row_tiles(Plane { h, w }, pix);
+            let tiles = row_tiles(Plane { h, w, lanes: 8 }, pix);
             let mut next = 0;
             for row in 0..h {
                 let in_row: Vec<_> = tiles.iter().filter(|t| t.0 / w == row).collect();
@@ -1248,7 +1378,23 @@ mod tests {
             }
             assert_eq!(next, h * w, "{h}x{w}: pixels not covered");
         }
-        assert!(row_tiles(Plane { h: 0, w: 5 }, 12).is_empty());
-        assert!(row_tiles(Plane { h: 5, w: 0 }, 12).is_empty());
+        assert!(row_tiles(
+            Plane {
+                h: 0,
+                w: 5,
+                lanes: 8
+            },
+            12
+        )
+        .is_empty());
+        assert!(row_tiles(
+            Plane {
+                h: 5,
+                w: 0,
+                lanes: 8
+            },
+            12
+        )
+        .is_empty());
     }
 }

@@ -12,6 +12,7 @@
 //! residual add and activation (done in the conv that produces the branch), and the fresh pages
 //! of every activation (the plan keeps its buffers for the next call).
 
+mod amx_conv;
 mod kernels;
 #[cfg(test)]
 mod tests;
@@ -22,7 +23,7 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 use crate::ops::shift_folds;
 use crate::resnet::Recorder;
-use kernels::{BlockSources, Blocked, Elem, PackedConv, LANES};
+use kernels::{BlockSources, Blocked, Elem, PackedConv};
 pub(crate) use kernels::{Kernel, NoKernel};
 
 /// One conv of the plan.
@@ -94,8 +95,8 @@ impl Conv {
         let (o, c, k, k2) = d.weight.dims4()?;
         let fits = k == k2
             && (k == 1 || k == 3)
-            && o.is_multiple_of(kernels::OUT_TILE)
-            && (first || c.is_multiple_of(LANES));
+            && o.is_multiple_of(kernel.cout_multiple())
+            && (first || c.is_multiple_of(kernel.lanes()));
         if !fits {
             return Ok(None);
         }
@@ -196,7 +197,7 @@ impl CpuPlan {
             blocks: plan_blocks,
             out_channels,
             arena: match kernel {
-                Kernel::Bf16Avx512 => Activations::Bf16(KeptArena::default()),
+                Kernel::Bf16Avx512 | Kernel::Bf16Amx => Activations::Bf16(KeptArena::default()),
                 Kernel::F32Avx2 | Kernel::F32Avx512 => Activations::F32(KeptArena::default()),
             },
         }))
@@ -242,11 +243,13 @@ impl CpuPlan {
             candle_core::bail!("the CPU plan takes contiguous frames")
         };
         let key = (n, c, h, w);
+        let lanes = self.stem.first().map_or(1, |s| s.packed.kernel().lanes());
         let mut pass = Pass {
             arena: kept.take(key),
             rec,
+            lanes,
         };
-        let mut cur = pass.alloc(n, c.div_ceil(LANES), h, w);
+        let mut cur = pass.alloc(n, c.div_ceil(lanes), h, w);
         pass.rec.run(
             || "to blocked layout".into(),
             || {
@@ -292,6 +295,8 @@ impl CpuPlan {
 struct Pass<'a, 'r, E> {
     arena: Arena<E>,
     rec: &'a mut Recorder<'r>,
+    /// Channels per block of the plan's kernel.
+    lanes: usize,
 }
 
 impl<E: Elem> Pass<'_, '_, E> {
@@ -350,7 +355,7 @@ impl<E: Elem> Pass<'_, '_, E> {
         act: bool,
     ) -> Result<Blocked<E>> {
         let p = &conv.packed;
-        let mut out = self.alloc(x.n, p.cout / LANES, p.out_size(x.h), p.out_size(x.w));
+        let mut out = self.alloc(x.n, p.cout / self.lanes, p.out_size(x.h), p.out_size(x.w));
         self.rec.run(
             || conv.label(x.h, x.w, sources.is_some(), residual.is_some(), act),
             || {
@@ -362,12 +367,15 @@ impl<E: Elem> Pass<'_, '_, E> {
     }
 
     fn alloc(&mut self, n: usize, cb: usize, h: usize, w: usize) -> Blocked<E> {
-        let (slot, data) = self.arena.take(Blocked::<E>::len(n, cb, h, w));
+        let lanes = self.lanes;
+        let len = Blocked::<E>::len(n, cb, h, w, lanes) + Blocked::<E>::read_past(lanes);
+        let (slot, data) = self.arena.take(len);
         Blocked {
             n,
             cb,
             h,
             w,
+            lanes,
             data,
             slot,
         }

@@ -58,7 +58,7 @@ fn plan_vs_ops(m: &Tsm, clips: usize, size: usize, kernel: Kernel) -> f32 {
 
 fn kernel_dtype(kernel: Kernel) -> DType {
     match kernel {
-        Kernel::Bf16Avx512 => DType::BF16,
+        Kernel::Bf16Avx512 | Kernel::Bf16Amx => DType::BF16,
         Kernel::F32Avx2 | Kernel::F32Avx512 => DType::F32,
     }
 }
@@ -77,7 +77,7 @@ fn kernels() -> Vec<Kernel> {
 /// inputs and weights rounded to bf16 (8 significant bits) at every layer.
 fn tolerance(kernel: Kernel) -> f32 {
     match kernel {
-        Kernel::Bf16Avx512 => 2e-2,
+        Kernel::Bf16Avx512 | Kernel::Bf16Amx => 2e-2,
         Kernel::F32Avx2 | Kernel::F32Avx512 => 1e-5,
     }
 }

@@ -272,7 +272,7 @@ mod bf16 {
                 && is_x86_feature_detected!("avx512bf16");
             match self {
                 Kernel::Avx512 => avx512,
-                Kernel::Amx => avx512 && amx::usable(),
+                Kernel::Amx => avx512 && crate::amx::usable(),
             }
         }
 
@@ -422,9 +422,7 @@ mod bf16 {
     ) {
         let (k, n, kernel) = (a.cols, b.cols, a.kernel);
         let (mr, mc, kc_max) = (kernel.mr(), kernel.mc(), kernel.kc());
-        if kernel == Kernel::Amx {
-            amx::configure();
-        }
+        let _tiles = (kernel == Kernel::Amx).then(crate::amx::Tiles::configure);
         PACKED_B.with(|p| {
             let mut guard = p.try_borrow_mut();
             let mut own = Vec::new();
@@ -475,9 +473,6 @@ mod bf16 {
                 }
             }
         });
-        if kernel == Kernel::Amx {
-            amx::release();
-        }
     }
 
     /// Packs rows of 16 pairs for AMX tiles: `[16 pairs][W rows][16]` (zeros past the ends) from
@@ -683,63 +678,9 @@ mod bf16 {
         }
     }
 
-    /// AMX: the process's permission, the tile configuration, and the 32 x 32 tile.
+    /// AMX's 32 x 32 tile (the tiles configured by [`crate::amx::Tiles`]).
     mod amx {
         use super::NR;
-        use std::arch::x86_64::*;
-
-        /// Whether the CPU has AMX-BF16 and the OS lets this process use the tiles (Linux's
-        /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once).
-        pub(super) fn usable() -> bool {
-            static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            *USABLE.get_or_init(|| {
-                // CPUID.(7, 0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE
-                let edx = __cpuid_count(7, 0).edx;
-                let cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
-                cpu && request_permission()
-            })
-        }
-
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        fn request_permission() -> bool {
-            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-            const XFEATURE_XTILEDATA: libc::c_long = 18;
-            // SAFETY: a plain syscall with two integer arguments.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_arch_prctl,
-                    ARCH_REQ_XCOMP_PERM,
-                    XFEATURE_XTILEDATA,
-                ) == 0
-            }
-        }
-
-        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-        fn request_permission() -> bool {
-            false
-        }
-
-        /// Palette 1, tiles 0-7 all 16 rows of 64 bytes.
-        #[repr(C, align(64))]
-        struct Config([u8; 64]);
-
-        /// Loads the tile configuration on this thread ([`usable`] has returned true).
-        pub(super) fn configure() {
-            let mut cfg = Config([0; 64]);
-            cfg.0[0] = 1;
-            for t in 0..8 {
-                cfg.0[16 + 2 * t] = 64; // bytes per row
-                cfg.0[48 + t] = 16; // rows
-            }
-            // SAFETY: a valid palette-1 configuration; the tiles are this thread's to use.
-            unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack)) };
-        }
-
-        /// Returns the tiles to their initial state (smaller context switches).
-        pub(super) fn release() {
-            // SAFETY: no tile is in use after the product.
-            unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
-        }
 
         /// [`super::tile`] for a `32 x 32` tile: four 16 x 16 sums in tiles 0-3, A's two row
         /// halves in 4-5, B's two column halves in 6-7, 16 pairs of `k` per step. A whole tile
@@ -781,7 +722,7 @@ mod bf16 {
         ///
         /// # Safety
         /// `c` points at 32 rows of `rs` f32 with 32 valid values each; `ap` and `bp` hold
-        /// `kp` pairs of their panels (`kp` a multiple of 16); [`configure`] has run on this
+        /// `kp` pairs of their panels (`kp` a multiple of 16); the tiles are configured on this
         /// thread.
         unsafe fn sums_in_place(
             kp: usize,
