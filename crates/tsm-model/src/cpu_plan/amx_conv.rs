@@ -19,8 +19,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::kernels::{
-    bf16_bits, bf16_bits16, conv_groups, conv_tasks, BlockSources, Blocked, PackedConv, Plane,
-    Source, AMX_LANES,
+    bf16_bits, conv_groups, conv_tasks, BlockSources, Blocked, PackedConv, Plane, Source, AMX_LANES,
 };
 use crate::amx::Tiles;
 
@@ -170,7 +169,7 @@ pub(super) fn run(
                                 &mut sums,
                             )
                         };
-                        // SAFETY: the plan's kernel runs here, so AVX-512 does.
+                        // SAFETY: the plan's kernel runs here, so AVX-512 BF16 does.
                         unsafe { store([pair[0], pair[1]], &sums, bias, res, slope, plane) };
                     }
                 }
@@ -303,7 +302,7 @@ unsafe fn register_tile(
 
 /// Stores the valid rows of a register tile's sums into the output plane `dst`, with the bias,
 /// the residual (its plane `residual`) and the activation, rounded to bf16.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn store(
     tiles: [PixelTile; 2],
     sums: &[f32; 2 * TILE_ROWS * AMX_LANES],
@@ -335,7 +334,9 @@ fn store(
                         v = _mm512_max_ps(v, _mm512_mul_ps(v, _mm512_set1_ps(s)));
                     }
                     let out = &mut dst[o + h..][..TILE_COLS];
-                    _mm256_storeu_si256(out.as_mut_ptr().cast(), bf16_bits16(v));
+                    // to nearest even as `bf16_bits`, but denormals become zeros
+                    let bits = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+                    _mm256_storeu_si256(out.as_mut_ptr().cast(), bits);
                 }
             }
         }

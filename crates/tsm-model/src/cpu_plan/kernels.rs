@@ -125,33 +125,110 @@ impl<E> Blocked<E> {
     }
 }
 
-/// `x [n, c, h, w]` (NCHW, any float dtype: bf16 frames are read as they are, not copied to
-/// f32 first) into `out` (`n` frames, `c` channels in whole blocks, channels past `c` zero).
-pub(super) fn to_blocked<T: candle_core::WithDType, E: Elem>(
+/// A value of the frames: f32, or bf16 (read as it is, not copied to f32 first).
+pub(super) trait FrameValue: Copy + Sync {
+    fn value(self) -> f32;
+}
+
+impl FrameValue for f32 {
+    fn value(self) -> f32 {
+        self
+    }
+}
+
+impl FrameValue for half::bf16 {
+    fn value(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// How the frames enter the blocked layout: as they are (`k` 1), or gathered for the first
+/// conv (`k x k`, `stride`, `pad`), each output pixel's `k * k * c` inputs side by side as
+/// one pixel's channels, so that the conv runs as a 1x1 conv of a few blocks instead of
+/// `k * k` steps of blocks that hold 3 channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Gather {
+    pub(super) k: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+}
+
+impl Gather {
+    pub(super) const NONE: Gather = Gather {
+        k: 1,
+        stride: 1,
+        pad: 0,
+    };
+
+    /// The size of the gathered map for an input of `n`.
+    pub(super) fn out_size(self, n: usize) -> usize {
+        (n + 2 * self.pad - self.k) / self.stride + 1
+    }
+}
+
+/// `x [n, c, h, w]` (NCHW) gathered by `g` into `out` (`n` frames of `g.out_size` of `h` and `w`): lane
+/// `(kh * k + kw) * c + ch` of all the blocks of a pixel is channel `ch` at tap `(kh, kw)`;
+/// taps outside the image and lanes past `k * k * c` are zero.
+pub(super) fn to_blocked<T: FrameValue, E: Elem>(
     x: &[T],
-    c: usize,
+    [c, h, w]: [usize; 3],
+    g: Gather,
     out: &mut Blocked<E>,
 ) {
     out.check();
     let p = out.plane();
-    let (cb, hw) = (out.cb, p.h * p.w);
-    assert_eq!(x.len(), out.n * c * hw, "to_blocked: input size");
+    let (cb, hw) = (out.cb, h * w);
+    assert!(
+        x.len() == out.n * c * hw
+            && p.h == g.out_size(h)
+            && p.w == g.out_size(w)
+            && cb * p.lanes >= g.k * g.k * c,
+        "to_blocked: sizes"
+    );
     out.buf_mut()
         .par_chunks_mut(p.len())
         .enumerate()
         .for_each(|(i, plane)| {
             let (frame, b) = (i / cb, i % cb);
             p.zero_border(plane);
-            for y in 0..p.h {
-                for xi in 0..p.w {
-                    let px = &mut plane[p.at(y, xi)..][..p.lanes];
-                    for (l, v) in px.iter_mut().enumerate() {
-                        let ch = b * p.lanes + l;
-                        *v = if ch < c {
-                            E::from_f32(x[(frame * c + ch) * hw + y * p.w + xi].to_f64() as f32)
-                        } else {
-                            E::default()
-                        };
+            // input (y, x) of output (oy, ox) at tap (kh, kw): (oy * stride + kh - pad, ..)
+            let at = |o: usize, kt: usize, n: usize| {
+                (o * g.stride + kt).checked_sub(g.pad).filter(|&i| i < n)
+            };
+            // each lane's (tap, channel) in this plane's block, `None` past the taps
+            let lanes: Vec<Option<(usize, usize)>> = (b * p.lanes..(b + 1) * p.lanes)
+                .map(|i| Some((i / c, i % c)).filter(|&(tap, _)| tap < g.k * g.k))
+                .collect();
+            for oy in 0..p.h {
+                // each lane's input row at this output row (none above or below the image)
+                let rows: Vec<Option<(&[T], usize)>> = lanes
+                    .iter()
+                    .map(|lane| {
+                        let (tap, ch) = (*lane)?;
+                        let y = at(oy, tap / g.k, h)?;
+                        Some((&x[((frame * c + ch) * h + y) * w..][..w], tap % g.k))
+                    })
+                    .collect();
+                // the pixels whose every tap is inside the row, and the others
+                let end = (w + g.pad).checked_sub(g.k).map_or(0, |e| e / g.stride + 1);
+                let inner = g.pad.div_ceil(g.stride)..end.min(p.w);
+                for ox in 0..p.w {
+                    // every lane written (a zero as a value): no separate pass of zeros
+                    let px = &mut plane[p.at(oy, ox)..][..p.lanes];
+                    if inner.contains(&ox) {
+                        let x0 = ox * g.stride - g.pad;
+                        for (v, row) in px.iter_mut().zip(&rows) {
+                            *v = row.map_or(E::default(), |(row, kw)| {
+                                E::from_f32(row[x0 + kw].value())
+                            });
+                        }
+                        continue;
+                    }
+                    for (v, row) in px.iter_mut().zip(&rows) {
+                        let xi = row.and_then(|(row, kw)| Some((row, at(ox, kw, w)?)));
+                        *v = xi.map_or(E::default(), |(row, xi)| {
+                            E::from_f32(row[xi].value())
+                        });
                     }
                 }
             }
@@ -481,7 +558,7 @@ pub(super) fn bf16_bits(v: f32) -> u16 {
 /// one set of instructions).
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub(super) fn bf16_bits16(v: __m512) -> __m256i {
+fn bf16_bits16(v: __m512) -> __m256i {
     let b = _mm512_castps_si512(v);
     let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
     let rounded = _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));

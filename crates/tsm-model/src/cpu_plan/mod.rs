@@ -23,13 +23,16 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 use crate::ops::shift_folds;
 use crate::resnet::Recorder;
-use kernels::{BlockSources, Blocked, Elem, PackedConv};
+use kernels::{BlockSources, Blocked, Elem, Gather, PackedConv};
 pub(crate) use kernels::{Kernel, NoKernel};
 
 /// One conv of the plan.
 struct Conv {
     packed: PackedConv,
     act: bool,
+    /// The conv as declared, `(k, stride, in channels)`, where the plan runs it on gathered
+    /// input (as a 1x1 conv).
+    declared: Option<(usize, usize, usize)>,
 }
 
 /// A residual block: its branch (the first conv reads the shifted input, the last adds the
@@ -48,6 +51,11 @@ enum Shortcut {
 
 /// The plan of a fused backbone (see the module docs).
 pub(crate) struct CpuPlan {
+    /// How the frames enter the layout: gathered for the first conv where its taps fit a few
+    /// blocks; that conv is then 1x1.
+    gather: Gather,
+    /// The frames' channels.
+    in_channels: usize,
     stem: Vec<Conv>,
     blocks: Vec<Block>,
     out_channels: usize,
@@ -87,8 +95,9 @@ pub(crate) struct BlockDesc<'a> {
 
 impl Conv {
     /// `None` when the kernels cannot run this layer; `first`: the stem's first conv, whose
-    /// input channels (3) are padded to a block.
-    fn new(d: &ConvDesc, first: bool, kernel: Kernel) -> Result<Option<Self>> {
+    /// input channels (3) are padded to a block. `gather`: that conv's input is gathered
+    /// (see [`Gather`]), and it runs as the 1x1 conv over it.
+    fn new(d: &ConvDesc, first: bool, gather: Gather, kernel: Kernel) -> Result<Option<Self>> {
         if !d.weight.device().is_cpu() {
             return Ok(None);
         }
@@ -106,24 +115,38 @@ impl Conv {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let b = d.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if gather == Gather::NONE {
+            return Ok(Some(Self {
+                packed: PackedConv::new(&w, &b, [o, c, k, k], d.stride, kernel),
+                act: d.act,
+                declared: None,
+            }));
+        }
+        // [o][c][kh][kw] -> [o][(kh * k + kw) * c + ch], the gathered lanes' order
+        let kk = k * k;
+        let mut w1 = vec![0.0; o * c * kk];
+        for (i, &v) in w.iter().enumerate() {
+            let (oc, ch, tap) = (i / (c * kk), i / kk % c, i % kk);
+            w1[oc * c * kk + tap * c + ch] = v;
+        }
         Ok(Some(Self {
-            packed: PackedConv::new(&w, &b, [o, c, k, k], d.stride, kernel),
+            packed: PackedConv::new(&w1, &b, [o, c * kk, 1, 1], 1, kernel),
             act: d.act,
+            declared: Some((k, d.stride, c)),
         }))
     }
 
-    /// The profile's label: as the per-op path's, and what the pass also does.
+    /// The profile's label: as the per-op path's (`h x w` the declared input), and what the
+    /// pass also does.
     fn label(&self, h: usize, w: usize, shifted: bool, residual: bool, act: bool) -> String {
         let p = &self.packed;
+        let (k, stride, cin) = self.declared.unwrap_or((p.k, p.stride, p.cin));
         format!(
-            "conv {k}x{k} s{} {}->{} {h}x{w} {}+bias{}{}",
-            p.stride,
-            p.cin,
+            "conv {k}x{k} s{stride} {cin}->{} {h}x{w} {}+bias{}{}",
             p.cout,
             if shifted { "+shift" } else { "" },
             if residual { "+add" } else { "" },
             if act { "+act" } else { "" },
-            k = p.k,
         )
     }
 }
@@ -131,7 +154,10 @@ impl Conv {
 /// The plan's conv for `d`, or `None` (return it) when the kernels cannot run it.
 macro_rules! conv_or_none {
     ($d:expr, $first:expr, $kernel:expr) => {
-        match Conv::new($d, $first, $kernel)? {
+        conv_or_none!($d, $first, Gather::NONE, $kernel)
+    };
+    ($d:expr, $first:expr, $gather:expr, $kernel:expr) => {
+        match Conv::new($d, $first, $gather, $kernel)? {
             Some(c) => c,
             None => return Ok(None),
         }
@@ -151,9 +177,23 @@ impl CpuPlan {
         if !kernel.runs_here() {
             candle_core::bail!("the CPU plan's {kernel:?} kernel does not run on this CPU")
         }
-        let mut stem_convs = Vec::new();
-        for (i, d) in stem.iter().enumerate() {
-            stem_convs.push(conv_or_none!(d, i == 0, kernel));
+        let Some(first) = stem.first() else {
+            return Ok(None);
+        };
+        let (_, in_channels, k, _) = first.weight.dims4()?;
+        // gathered when the first conv's taps fit one 32-channel block
+        let gather = if k > 1 && k * k * in_channels <= 32 {
+            Gather {
+                k,
+                stride: first.stride,
+                pad: (k - 1) / 2,
+            }
+        } else {
+            Gather::NONE
+        };
+        let mut stem_convs = vec![conv_or_none!(first, true, gather, kernel)];
+        for d in &stem[1..] {
+            stem_convs.push(conv_or_none!(d, false, kernel));
         }
         let mut plan_blocks = Vec::new();
         for b in blocks {
@@ -193,6 +233,8 @@ impl CpuPlan {
             return Ok(None);
         };
         Ok(Some(Self {
+            gather,
+            in_channels,
             stem: stem_convs,
             blocks: plan_blocks,
             out_channels,
@@ -228,9 +270,11 @@ impl CpuPlan {
         rec: &mut Recorder,
     ) -> Result<Tensor> {
         let (n, c, h, w) = frames.dims4()?;
-        let cin = self.stem.first().map_or(0, |s| s.packed.cin);
-        if c != cin {
-            candle_core::bail!("frames have {c} channels, the model takes {cin}")
+        if c != self.in_channels {
+            candle_core::bail!(
+                "frames have {c} channels, the model takes {}",
+                self.in_channels
+            )
         }
         // f32 and bf16 frames are read as they are (rounded to bf16 for the bf16 kernel as
         // they enter the blocked layout): a copy would be fresh pages on every call
@@ -248,14 +292,22 @@ impl CpuPlan {
             arena: kept.take(key),
             rec,
             lanes,
+            frame_size: (h, w),
         };
-        let mut cur = pass.alloc(n, c.div_ceil(lanes), h, w);
+        let g = self.gather;
+        let cb = (g.k * g.k * c).div_ceil(lanes);
+        let mut cur = pass.alloc(n, cb, g.out_size(h), g.out_size(w));
         pass.rec.run(
             || "to blocked layout".into(),
             || {
+                let dims = [c, h, w];
                 match &*storage {
-                    Storage::Cpu(CpuStorage::F32(x)) => kernels::to_blocked(&x[a..b], c, &mut cur),
-                    Storage::Cpu(CpuStorage::BF16(x)) => kernels::to_blocked(&x[a..b], c, &mut cur),
+                    Storage::Cpu(CpuStorage::F32(x)) => {
+                        kernels::to_blocked(&x[a..b], dims, g, &mut cur)
+                    }
+                    Storage::Cpu(CpuStorage::BF16(x)) => {
+                        kernels::to_blocked(&x[a..b], dims, g, &mut cur)
+                    }
                     _ => candle_core::bail!("the CPU plan takes f32 or bf16 frames on the CPU"),
                 }
                 Ok(())
@@ -297,6 +349,8 @@ struct Pass<'a, 'r, E> {
     rec: &'a mut Recorder<'r>,
     /// Channels per block of the plan's kernel.
     lanes: usize,
+    /// The frames' `(h, w)`: the declared input of a conv on gathered input.
+    frame_size: (usize, usize),
 }
 
 impl<E: Elem> Pass<'_, '_, E> {
@@ -357,7 +411,10 @@ impl<E: Elem> Pass<'_, '_, E> {
         let p = &conv.packed;
         let mut out = self.alloc(x.n, p.cout / self.lanes, p.out_size(x.h), p.out_size(x.w));
         self.rec.run(
-            || conv.label(x.h, x.w, sources.is_some(), residual.is_some(), act),
+            || {
+                let (h, w) = conv.declared.map_or((x.h, x.w), |_| self.frame_size);
+                conv.label(h, w, sources.is_some(), residual.is_some(), act)
+            },
             || {
                 p.run(x, sources, residual, act, &mut out);
                 Ok(())
