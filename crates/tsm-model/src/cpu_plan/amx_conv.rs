@@ -269,12 +269,15 @@ unsafe fn register_tile(
         );
         for s in steps {
             std::arch::asm!(
+                // each load just before its first product: the tiles are not renamed, so a
+                // load waits for the products reading its tile; this order overlaps the
+                // loads with the products before them
                 "tileloadd tmm4, [{a0} + {s}]",
-                "tileloadd tmm5, [{a1} + {s}]",
                 "tileloadd tmm6, [{b0} + {s64}]",
-                "tileloadd tmm7, [{b1} + {s64}]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s64}]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {s}]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 a0 = in(reg) x.add(s.input + input[0]),

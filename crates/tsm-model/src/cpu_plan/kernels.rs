@@ -547,10 +547,13 @@ impl Elem for u16 {
 /// Round to nearest even, as `vcvtneps2bf16` does (NaNs stay NaNs).
 pub(super) fn bf16_bits(v: f32) -> u16 {
     let b = v.to_bits();
+    // both computed, one selected: no branch, so that loops of it vectorize
+    let quiet = ((b >> 16) | 0x40) as u16;
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
     if v.is_nan() {
-        ((b >> 16) | 0x40) as u16
+        quiet
     } else {
-        ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+        rounded
     }
 }
 
