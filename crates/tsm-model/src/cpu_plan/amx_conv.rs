@@ -11,8 +11,8 @@
 //! interleaved as `tdpbf16ps` reads them; the register tile is 2 x 2 of these 16 x 16 sums,
 //! so each step loads four tiles for four products. A block that the temporal shift reads from
 //! more than one frame is one step per frame, with the weights of the other channels zeroed.
-//! The f32 sums are stored once per register tile, with the bias, the residual and the
-//! activation, rounded to bf16.
+//! The f32 sums start at the bias and are stored once per register tile, with the residual and
+//! the activation, rounded to bf16.
 
 use std::arch::x86_64::*;
 
@@ -147,6 +147,8 @@ pub(super) fn run(
                 })
                 .collect();
             let _tiles = Tiles::configure();
+            // written whole by each register tile before it is read
+            let mut sums = [0f32; 2 * TILE_ROWS * AMX_LANES];
             for chunk in tiles.chunks(2 * chunk_pairs) {
                 for (j, (steps, plane)) in
                     steps.iter().zip(dst.chunks_exact_mut(po.len())).enumerate()
@@ -156,7 +158,6 @@ pub(super) fn run(
                     let res =
                         residual.map(|r| &r.buf()[(frame * r.cb + b) * po.len()..][..po.len()]);
                     for pair in chunk.chunks_exact(2) {
-                        let mut sums = [0f32; 2 * TILE_ROWS * AMX_LANES];
                         // SAFETY: every step's tile rows lie in `data` (asserted above), its B
                         // tiles are whole tiles of `weights` or `masked`, and the tiles are
                         // configured on this thread.
@@ -165,12 +166,12 @@ pub(super) fn run(
                                 data,
                                 [pair[0].input, pair[1].input],
                                 row_step,
-                                steps,
+                                (bias, steps),
                                 &mut sums,
                             )
                         };
                         // SAFETY: the plan's kernel runs here, so AVX-512 BF16 does.
-                        unsafe { store([pair[0], pair[1]], &sums, bias, res, slope, plane) };
+                        unsafe { store([pair[0], pair[1]], &sums, res, slope, plane) };
                     }
                 }
             }
@@ -243,7 +244,8 @@ fn masked_weights(
 }
 
 /// The 32 x 32 sums of two pixel tiles (A at `data[step.input + input[m]..]`, rows `row_step`
-/// elements apart) and one output block (the steps' two B tiles) into `sums` (`[32][32]`).
+/// elements apart) and one output block (the steps' two B tiles), started at the block's 32
+/// biases, into `sums` (`[32][32]`).
 ///
 /// # Safety
 /// Every tile row read lies inside `data`, each B pointer starts a whole tile, and the tiles
@@ -252,20 +254,24 @@ unsafe fn register_tile(
     data: &[u16],
     input: [usize; 2],
     row_step: usize,
-    steps: &[Step],
+    (bias, steps): (&[f32], &[Step]),
     sums: &mut [f32; 2 * TILE_ROWS * AMX_LANES],
 ) {
+    assert!(bias.len() == AMX_LANES);
     let x = data.as_ptr();
     let stride = row_step * 2;
     // SAFETY: the caller's contract. The tiles keep their contents between the blocks: the
     // compiler never uses them, and the OS saves them with the thread.
     unsafe {
+        // every row of a sums tile its 16 biases: rows 0 bytes apart
         std::arch::asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
+            "tileloadd tmm0, [{b} + {zero}]",
+            "tileloadd tmm1, [{b} + {zero} + 64]",
+            "tileloadd tmm2, [{b} + {zero}]",
+            "tileloadd tmm3, [{b} + {zero} + 64]",
+            b = in(reg) bias.as_ptr(),
+            zero = in(reg) 0usize,
+            options(nostack, readonly)
         );
         for s in steps {
             std::arch::asm!(
@@ -303,31 +309,26 @@ unsafe fn register_tile(
     }
 }
 
-/// Stores the valid rows of a register tile's sums into the output plane `dst`, with the bias,
-/// the residual (its plane `residual`) and the activation, rounded to bf16.
+/// Stores the valid rows of a register tile's sums into the output plane `dst`, with the
+/// residual (its plane `residual`) and the activation, rounded to bf16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn store(
     tiles: [PixelTile; 2],
     sums: &[f32; 2 * TILE_ROWS * AMX_LANES],
-    bias: &[f32],
     residual: Option<&[u16]>,
     slope: Option<f32>,
     dst: &mut [u16],
 ) {
-    assert!(bias.len() == AMX_LANES);
     for (m, tile) in tiles.iter().enumerate() {
         for r in (0..TILE_ROWS).filter(|r| tile.valid & 1 << r != 0) {
             let o = (tile.output + r) * AMX_LANES;
             let row = &sums[(m * TILE_ROWS + r) * AMX_LANES..][..AMX_LANES];
             for half in 0..2 {
                 let h = half * TILE_COLS;
-                // SAFETY: `row` and `bias` hold 32 values; the residual and `dst` are checked
-                // slices of a pixel's 32.
+                // SAFETY: `row` holds 32 values; the residual and `dst` are checked slices of a
+                // pixel's 32.
                 unsafe {
-                    let mut v = _mm512_add_ps(
-                        _mm512_loadu_ps(row[h..][..TILE_COLS].as_ptr()),
-                        _mm512_loadu_ps(bias[h..][..TILE_COLS].as_ptr()),
-                    );
+                    let mut v = _mm512_loadu_ps(row[h..][..TILE_COLS].as_ptr());
                     if let Some(res) = residual {
                         let bits = _mm256_loadu_si256(res[o + h..][..TILE_COLS].as_ptr().cast());
                         let r = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits));

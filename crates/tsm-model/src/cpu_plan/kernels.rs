@@ -226,9 +226,7 @@ pub(super) fn to_blocked<T: FrameValue, E: Elem>(
                     }
                     for (v, row) in px.iter_mut().zip(&rows) {
                         let xi = row.and_then(|(row, kw)| Some((row, at(ox, kw, w)?)));
-                        *v = xi.map_or(E::default(), |(row, xi)| {
-                            E::from_f32(row[xi].value())
-                        });
+                        *v = xi.map_or(E::default(), |(row, xi)| E::from_f32(row[xi].value()));
                     }
                 }
             }
