@@ -317,8 +317,17 @@ fn pool<E: Elem>(
         finish: &impl Fn(f32, usize) -> f32,
     ) {
         po.zero_border(dst);
+        let row_len = pi.wp() * pi.lanes;
         for oy in 0..po.h {
             let rows = window(oy, pi.h);
+            // the next output row's new input rows, fetched while this row is pooled: the
+            // pools were bound by the latency of their input
+            for y in rows.end..window(oy + 1, pi.h).end {
+                let row = &src[(y + 1) * row_len..][..row_len];
+                for line in row.chunks(64 / size_of::<E>()) {
+                    _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+                }
+            }
             for ox in 0..po.w {
                 let cols = window(ox, pi.w);
                 // a pixel's channels 8 at a time: one register
@@ -873,6 +882,10 @@ impl PackedConv {
                                     }
                                     _ => TileInput::new(tile, 0, &packed),
                                 };
+                                // the residual the tile adds, fetched while its sums run
+                                if let Some(r) = job.residual {
+                                    job.prefetch_pixels(r, p0, px, 2 * n);
+                                }
                                 // SAFETY: the plan checked `runs_here()` of this kernel.
                                 unsafe { E::tile(self.kernel, &job, p0, px, n, &input, out_tiles) }
                             }
@@ -1222,6 +1235,18 @@ impl<E: Elem> Job<'_, E> {
     /// Where the 8 channels of output pixel `q` in block `block` of these output tiles are.
     fn offset(&self, q: usize, block: usize) -> usize {
         block * self.po.len() + self.po.at(q / self.po.w, q % self.po.w)
+    }
+
+    /// Fetches pixels `p0..p0 + px` (one run of a row) of `blocks` blocks of `planes` (laid
+    /// out as these output tiles).
+    fn prefetch_pixels(&self, planes: &[E], p0: usize, px: usize, blocks: usize) {
+        for block in 0..blocks {
+            let run = &planes[self.offset(p0, block)..][..px * LANES];
+            for line in run.chunks(64 / size_of::<E>()) {
+                // SAFETY: a prefetch of memory inside `planes`; it cannot fault.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+            }
+        }
     }
 
     /// The start of an AVX-512 register tile of `TW` pixels and `NT` output tiles: checks the
