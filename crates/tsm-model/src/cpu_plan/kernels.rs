@@ -1425,7 +1425,7 @@ impl Job<'_, u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::{bf16_bits, bf16_bits16, row_tiles, Plane};
+    use super::{bf16_bits, bf16_bits16, conv_groups, conv_tasks, row_tiles, Kernel, Plane};
     use std::arch::x86_64::*;
 
     #[test]
@@ -1499,5 +1499,48 @@ mod tests {
             12
         )
         .is_empty());
+    }
+
+    #[test]
+    fn conv_tasks_cover_the_output_once_group_by_group() {
+        // 3 frames of 10 elements in groups of 4: the last group of each frame is short
+        let mut out: Vec<u32> = (0..30).collect();
+        let tasks = conv_tasks(&mut out, 10, 4);
+        let order: Vec<(usize, usize)> = tasks.iter().map(|t| (t.0, t.1)).collect();
+        let want: Vec<(usize, usize)> = (0..3).flat_map(|g| (0..3).map(move |f| (f, g))).collect();
+        assert_eq!(
+            order, want,
+            "group by group, frames in order within a group"
+        );
+        for (frame, g, d) in tasks {
+            let start = (frame * 10 + g * 4) as u32;
+            let len = if g == 2 { 2 } else { 4 };
+            assert_eq!(d, (start..start + len).collect::<Vec<_>>().as_slice());
+        }
+    }
+
+    #[test]
+    fn conv_groups_keep_every_thread_busy_and_each_groups_weights_in_l2() {
+        let threads = rayon::current_num_threads();
+        // one frame: two tasks per thread, as far as the units go
+        assert_eq!(conv_groups(1, 64, 1), (2 * threads).min(64));
+        assert_eq!(conv_groups(1, 1, 1), 1);
+        // many frames, small weights: one group
+        assert_eq!(conv_groups(64 * threads, 64, 1 << 10), 1);
+        // 9.4 MB of weights (f32 3x3 512->512): groups of at most 1 MiB
+        assert_eq!(conv_groups(64 * threads, 16, 9_437_184), 9);
+    }
+
+    #[test]
+    fn bf16_weights_take_amx_where_it_runs() {
+        let want = if Kernel::Bf16Amx.runs_here() {
+            Kernel::Bf16Amx
+        } else {
+            Kernel::Bf16Avx512
+        };
+        match Kernel::for_dtype(candle_core::DType::BF16) {
+            Ok(k) => assert_eq!(k, want),
+            Err(_) => assert!(!Kernel::Bf16Avx512.runs_here()),
+        }
     }
 }
