@@ -233,12 +233,13 @@ pub(super) fn to_blocked<T: FrameValue, E: Elem>(
         });
 }
 
-/// The first `c` channels of `x` as NCHW `[n, c, h, w]`, in the tensor type of its values.
-pub(super) fn from_blocked<E: Elem>(x: &Blocked<E>, c: usize) -> Vec<E::Value> {
+/// The first `c` channels of `x` as NCHW `[n, c, h, w]` f32 (bf16 values are exact in f32;
+/// the head sums in f32, and candle's own conversion would be one more, single-threaded, pass).
+pub(super) fn from_blocked<E: Elem>(x: &Blocked<E>, c: usize) -> Vec<f32> {
     x.check();
     let p = x.plane();
     let hw = p.h * p.w;
-    let mut out = vec![E::default().to_value(); x.n * c * hw];
+    let mut out = vec![0.0; x.n * c * hw];
     if hw == 0 {
         return out;
     }
@@ -247,7 +248,7 @@ pub(super) fn from_blocked<E: Elem>(x: &Blocked<E>, c: usize) -> Vec<E::Value> {
         let plane = &x.buf()[(frame * x.cb + ch / p.lanes) * p.len()..][..p.len()];
         for y in 0..p.h {
             for xi in 0..p.w {
-                dst[y * p.w + xi] = plane[p.at(y, xi) + ch % p.lanes].to_value();
+                dst[y * p.w + xi] = plane[p.at(y, xi) + ch % p.lanes].to_f32();
             }
         }
     });
@@ -496,27 +497,18 @@ pub(super) enum Weights {
 /// An element of the activations, panels and weights of a kernel: f32, or bf16 bits for the
 /// bf16 kernel.
 pub(super) trait Elem: TileKernel + Copy + Default + Send + Sync + 'static {
-    /// The tensor element type with the same values (f32, or bf16 for the bits).
-    type Value: candle_core::WithDType;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
-    fn to_value(self) -> Self::Value;
     /// The packed weights, if they are of this type.
     fn weights(w: &Weights) -> Option<&[Self]>;
 }
 
 impl Elem for f32 {
-    type Value = f32;
-
     fn from_f32(v: f32) -> Self {
         v
     }
 
     fn to_f32(self) -> f32 {
-        self
-    }
-
-    fn to_value(self) -> f32 {
         self
     }
 
@@ -529,18 +521,12 @@ impl Elem for f32 {
 }
 
 impl Elem for u16 {
-    type Value = half::bf16;
-
     fn from_f32(v: f32) -> Self {
         bf16_bits(v)
     }
 
     fn to_f32(self) -> f32 {
         f32::from_bits(u32::from(self) << 16)
-    }
-
-    fn to_value(self) -> half::bf16 {
-        half::bf16::from_bits(self)
     }
 
     fn weights(w: &Weights) -> Option<&[Self]> {

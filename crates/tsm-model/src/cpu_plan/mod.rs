@@ -245,7 +245,7 @@ impl CpuPlan {
         }))
     }
 
-    /// The weights' dtype, which the plan takes and returns.
+    /// The weights' dtype, which the plan takes (its feature maps are f32).
     pub(crate) fn dtype(&self) -> DType {
         match self.arena {
             Activations::F32(_) => DType::F32,
@@ -254,7 +254,7 @@ impl CpuPlan {
     }
 
     /// Feature maps `[n, C, h', w']` of frames `[n, 3, h, w]` (on the CPU, in the plan's
-    /// dtype).
+    /// dtype), in f32.
     pub(crate) fn forward(&self, frames: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
         match &self.arena {
             Activations::F32(kept) => self.forward_in(kept, frames, rec),
