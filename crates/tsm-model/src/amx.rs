@@ -63,3 +63,47 @@ impl Drop for Tiles {
         unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
     }
 }
+
+/// Loads tiles 0-3 with the 32 x 32 f32 sums of a 2 x 2 register tile at `c`, rows `rs` f32
+/// apart: tile 0 the top 16 rows' first 16 columns, 1 their last 16, 2 and 3 the bottom rows'.
+/// With `rs` 0 every row is the first one (a bias per column).
+///
+/// # Safety
+/// `c` points at 32 rows (1 with `rs` 0) of 32 f32; the tiles are configured on this thread.
+#[inline]
+pub(crate) unsafe fn load_sums(c: *const f32, rs: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm0, [{c} + {s}]",
+            "tileloadd tmm1, [{c} + {s} + 64]",
+            "tileloadd tmm2, [{c2} + {s}]",
+            "tileloadd tmm3, [{c2} + {s} + 64]",
+            c = in(reg) c,
+            c2 = in(reg) c.add(16 * rs),
+            s = in(reg) rs * 4,
+            options(nostack, readonly),
+        );
+    }
+}
+
+/// Stores tiles 0-3 as [`load_sums`] loads them.
+///
+/// # Safety
+/// `c` points at 32 rows of 32 f32, `rs` apart; the tiles are configured on this thread.
+#[inline]
+pub(crate) unsafe fn store_sums(c: *mut f32, rs: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "tilestored [{c} + {s}], tmm0",
+            "tilestored [{c} + {s} + 64], tmm1",
+            "tilestored [{c2} + {s}], tmm2",
+            "tilestored [{c2} + {s} + 64], tmm3",
+            c = in(reg) c,
+            c2 = in(reg) c.add(16 * rs),
+            s = in(reg) rs * 4,
+            options(nostack),
+        );
+    }
+}

@@ -263,16 +263,8 @@ unsafe fn register_tile(
     // SAFETY: the caller's contract. The tiles keep their contents between the blocks: the
     // compiler never uses them, and the OS saves them with the thread.
     unsafe {
-        // every row of a sums tile its 16 biases: rows 0 bytes apart
-        std::arch::asm!(
-            "tileloadd tmm0, [{b} + {zero}]",
-            "tileloadd tmm1, [{b} + {zero} + 64]",
-            "tileloadd tmm2, [{b} + {zero}]",
-            "tileloadd tmm3, [{b} + {zero} + 64]",
-            b = in(reg) bias.as_ptr(),
-            zero = in(reg) 0usize,
-            options(nostack, readonly)
-        );
+        // every row of the sums their 32 biases
+        crate::amx::load_sums(bias.as_ptr(), 0);
         for s in steps {
             std::arch::asm!(
                 // each load just before its first product: the tiles are not renamed, so a
@@ -295,17 +287,7 @@ unsafe fn register_tile(
                 options(nostack, readonly),
             );
         }
-        let c = sums.as_mut_ptr();
-        std::arch::asm!(
-            "tilestored [{c} + {s}], tmm0",
-            "tilestored [{c} + {s} + 64], tmm1",
-            "tilestored [{c2} + {s}], tmm2",
-            "tilestored [{c2} + {s} + 64], tmm3",
-            c = in(reg) c,
-            c2 = in(reg) c.add(TILE_ROWS * AMX_LANES),
-            s = in(reg) AMX_LANES * 4,
-            options(nostack),
-        );
+        crate::amx::store_sums(sums.as_mut_ptr(), AMX_LANES);
     }
 }
 

@@ -732,21 +732,11 @@ mod bf16 {
             rs: usize,
             acc: bool,
         ) {
-            let stride = rs * 4;
             // SAFETY: the caller's contract; each step reads 2 KiB of `ap` (32 rows of 16
             // pairs) and 2 KiB of `bp` (16 pairs of 32 columns).
             unsafe {
                 if acc {
-                    std::arch::asm!(
-                        "tileloadd tmm0, [{c} + {s}]",
-                        "tileloadd tmm1, [{c} + {s} + 64]",
-                        "tileloadd tmm2, [{c2} + {s}]",
-                        "tileloadd tmm3, [{c2} + {s} + 64]",
-                        c = in(reg) c,
-                        c2 = in(reg) c.add(16 * rs),
-                        s = in(reg) stride,
-                        options(nostack, readonly),
-                    );
+                    crate::amx::load_sums(c, rs);
                 } else {
                     std::arch::asm!(
                         "tilezero tmm0",
@@ -758,13 +748,15 @@ mod bf16 {
                 }
                 if kp > 0 {
                     std::arch::asm!(
+                        // each load just before its first product, as in `cpu_plan`'s AMX
+                        // conv: the tiles are not renamed
                         "2:",
                         "tileloadd tmm4, [{a} + {s64}]",
-                        "tileloadd tmm5, [{a} + {s64} + 1024]",
                         "tileloadd tmm6, [{b} + {s128}]",
-                        "tileloadd tmm7, [{b} + {s128} + 64]",
                         "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm7, [{b} + {s128} + 64]",
                         "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tileloadd tmm5, [{a} + {s64} + 1024]",
                         "tdpbf16ps tmm2, tmm5, tmm6",
                         "tdpbf16ps tmm3, tmm5, tmm7",
                         "add {a}, 2048",
@@ -779,16 +771,7 @@ mod bf16 {
                         options(nostack, readonly),
                     );
                 }
-                std::arch::asm!(
-                    "tilestored [{c} + {s}], tmm0",
-                    "tilestored [{c} + {s} + 64], tmm1",
-                    "tilestored [{c2} + {s}], tmm2",
-                    "tilestored [{c2} + {s} + 64], tmm3",
-                    c = in(reg) c,
-                    c2 = in(reg) c.add(16 * rs),
-                    s = in(reg) stride,
-                    options(nostack),
-                );
+                crate::amx::store_sums(c, rs);
             }
         }
     }
