@@ -305,25 +305,34 @@ fn store(
         for r in (0..TILE_ROWS).filter(|r| tile.valid & 1 << r != 0) {
             let o = (tile.output + r) * AMX_LANES;
             let row = &sums[(m * TILE_ROWS + r) * AMX_LANES..][..AMX_LANES];
-            for half in 0..2 {
-                let h = half * TILE_COLS;
-                // SAFETY: `row` holds 32 values; the residual and `dst` are checked slices of a
-                // pixel's 32.
-                unsafe {
-                    let mut v = _mm512_loadu_ps(row[h..][..TILE_COLS].as_ptr());
-                    if let Some(res) = residual {
-                        let bits = _mm256_loadu_si256(res[o + h..][..TILE_COLS].as_ptr().cast());
-                        let r = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits));
-                        v = _mm512_add_ps(v, _mm512_castsi512_ps(r));
+            let out = &mut dst[o..][..AMX_LANES];
+            // SAFETY: `row`, the residual's pixel and `out` are checked slices of 32 values.
+            unsafe {
+                let mut v = [
+                    _mm512_loadu_ps(row.as_ptr()),
+                    _mm512_loadu_ps(row[TILE_COLS..].as_ptr()),
+                ];
+                if let Some(res) = residual {
+                    let bits = _mm512_loadu_si512(res[o..][..AMX_LANES].as_ptr().cast());
+                    let halves = [
+                        _mm512_castsi512_si256(bits),
+                        _mm512_extracti64x4_epi64::<1>(bits),
+                    ];
+                    for (v, h) in v.iter_mut().zip(halves) {
+                        let r = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
+                        *v = _mm512_add_ps(*v, _mm512_castsi512_ps(r));
                     }
-                    if let Some(s) = slope {
-                        v = _mm512_max_ps(v, _mm512_mul_ps(v, _mm512_set1_ps(s)));
-                    }
-                    let out = &mut dst[o + h..][..TILE_COLS];
-                    // to nearest even as `bf16_bits`, but denormals become zeros
-                    let bits = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
-                    _mm256_storeu_si256(out.as_mut_ptr().cast(), bits);
                 }
+                if let Some(s) = slope {
+                    for v in &mut v {
+                        *v = _mm512_max_ps(*v, _mm512_mul_ps(*v, _mm512_set1_ps(s)));
+                    }
+                }
+                // the pixel's 32 channels in one store; to nearest even as `bf16_bits`, but
+                // denormals become zeros
+                let bits =
+                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(v[1], v[0]));
+                _mm512_storeu_si512(out.as_mut_ptr().cast(), bits);
             }
         }
     }
