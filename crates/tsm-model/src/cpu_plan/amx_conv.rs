@@ -19,7 +19,8 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::kernels::{
-    bf16_bits, conv_groups, conv_tasks, BlockSources, Blocked, PackedConv, Plane, Source, AMX_LANES,
+    bf16_bits, conv_groups, conv_tasks, weight_group_bytes, BlockSources, Blocked, PackedConv,
+    Plane, Source, AMX_LANES,
 };
 use crate::amx::Tiles;
 
@@ -102,7 +103,7 @@ pub(super) fn run(
         "AMX conv: tiles read past the buffer"
     );
     // tasks: (frame, group of 32-channel output blocks)
-    let groups = conv_groups(x.n, out.cb, size_of_val(weights));
+    let groups = conv_groups(x.n, out.cb, size_of_val(weights), weight_group_bytes());
     let per_group = out.cb.div_ceil(groups);
     let chunk_pairs = (CHUNK_BYTES / (2 * TILE_ROWS * x.cb * AMX_LANES * 2 * conv.k)).max(1);
     let frame_len = out.cb * po.len();
