@@ -534,6 +534,38 @@ mod bf16 {
         }
     }
 
+    /// `v[i][j]` (32-bit lanes) becomes `v[j][i]`: pairs within 128-bit lanes, then 4 x 4 blocks
+    /// of 128-bit lanes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose_16x16(v: &mut [__m512i; 16]) {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+        }
+        // s[4i + q]: in 128-bit lane l, column 4l + q of rows 4i..4i + 4
+        let mut s = [_mm512_setzero_si512(); 16];
+        for i in 0..4 {
+            let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            s[4 * i] = _mm512_unpacklo_epi64(a, c);
+            s[4 * i + 1] = _mm512_unpackhi_epi64(a, c);
+            s[4 * i + 2] = _mm512_unpacklo_epi64(b, d);
+            s[4 * i + 3] = _mm512_unpackhi_epi64(b, d);
+        }
+        for q in 0..4 {
+            let x = [s[q], s[4 + q], s[8 + q], s[12 + q]];
+            let p0 = _mm512_shuffle_i32x4::<0x44>(x[0], x[1]);
+            let p1 = _mm512_shuffle_i32x4::<0xEE>(x[0], x[1]);
+            let p2 = _mm512_shuffle_i32x4::<0x44>(x[2], x[3]);
+            let p3 = _mm512_shuffle_i32x4::<0xEE>(x[2], x[3]);
+            v[q] = _mm512_shuffle_i32x4::<0x88>(p0, p2);
+            v[4 + q] = _mm512_shuffle_i32x4::<0xDD>(p0, p2);
+            v[8 + q] = _mm512_shuffle_i32x4::<0x88>(p1, p3);
+            v[12 + q] = _mm512_shuffle_i32x4::<0xDD>(p1, p3);
+        }
+    }
+
     /// Pair `p` (values `2p` and `2p + 1`, the second zero past `kc`) of the run at
     /// `src[at]` whose values are `sk` apart, as bf16 bits.
     #[inline]
@@ -595,18 +627,28 @@ mod bf16 {
                 }
             }
         } else if sk == 1 {
-            // each row's k's side by side: 16 pairs converted at once, then spread out
-            for r in 0..valid {
-                let row = unsafe { src.as_ptr().add(r * sr) };
+            // each row's k's side by side (the weight gradient's operands, whose k is the
+            // pixels): 16 rows' 16 pairs converted, then transposed in registers to 16 pairs'
+            // 16 rows (a scalar store per pair was most of the packing time)
+            for h in (0..valid).step_by(16) {
+                let n = (valid - h).min(16);
                 for p0 in (0..kp).step_by(16) {
                     let k0 = 2 * p0;
-                    let mut pairs = [0u32; 16];
-                    unsafe {
-                        let v = run_pairs(row.add(k0), (kc - k0).min(32));
-                        _mm512_storeu_si512(pairs.as_mut_ptr().cast(), v)
-                    };
-                    for (j, &v) in pairs.iter().enumerate().take(kp - p0) {
-                        out[(p0 + j) * W + r] = v;
+                    let mut v = [_mm512_setzero_si512(); 16];
+                    for (r, v) in v.iter_mut().enumerate().take(n) {
+                        // SAFETY: the run `k0..k0 + nk <= kc` of row `h + r < valid`
+                        // is inside `src` (asserted above)
+                        *v = unsafe {
+                            run_pairs(src.as_ptr().add((h + r) * sr + k0), (kc - k0).min(32))
+                        };
+                    }
+                    transpose_16x16(&mut v);
+                    for (j, v) in v.iter().enumerate().take(kp - p0) {
+                        // SAFETY: the mask keeps the store inside row `p0 + j < kp` of `out`
+                        unsafe {
+                            let to = out.as_mut_ptr().add((p0 + j) * W + h);
+                            _mm512_mask_storeu_epi32(to.cast(), lanes(W - h), *v)
+                        };
                     }
                 }
             }
