@@ -629,7 +629,7 @@ mod bf16 {
         } else if sk == 1 {
             // each row's k's side by side (the weight gradient's operands, whose k is the
             // pixels): 16 rows' 16 pairs converted, then transposed in registers to 16 pairs'
-            // 16 rows (a scalar store per pair was most of the packing time)
+            // 16 rows, stored as vectors instead of one pair at a time
             for h in (0..valid).step_by(16) {
                 let n = (valid - h).min(16);
                 for p0 in (0..kp).step_by(16) {
