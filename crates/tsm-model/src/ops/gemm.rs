@@ -636,8 +636,8 @@ mod bf16 {
                     let k0 = 2 * p0;
                     let mut v = [_mm512_setzero_si512(); 16];
                     for (r, v) in v.iter_mut().enumerate().take(n) {
-                        // SAFETY: the run `k0..k0 + nk <= kc` of row `h + r < valid`
-                        // is inside `src` (asserted above)
+                        // SAFETY: the values `k0..kc` (at most 32 read) of row `h + r < valid`
+                        // are inside `src` (asserted above)
                         *v = unsafe {
                             run_pairs(src.as_ptr().add((h + r) * sr + k0), (kc - k0).min(32))
                         };
