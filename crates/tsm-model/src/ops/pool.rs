@@ -37,7 +37,10 @@ pub(crate) fn avg_pool2x2_ceil(x: &Tensor) -> Result<Tensor> {
 /// never wins) and, as in Paddle's backward, the gradient goes to the first maximum of each
 /// window in row-major order (where the reference's gradient is used, ties share it).
 pub(crate) fn max_pool3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    x.dims4()?;
+    let (_, _, h, w) = x.dims4()?;
+    if h == 0 || w == 0 {
+        candle_core::bail!("max pool: an empty {h}x{w} plane")
+    }
     timed(OpKind::Pool, x.device(), || {
         x.contiguous()?.apply_op1(MaxPool)
     })
@@ -48,32 +51,73 @@ fn pooled(n: usize) -> usize {
     (n + 2 - 3) / 2 + 1
 }
 
-/// For output `(i, j)` of a `h x w` plane: the index of the first maximum in its window.
-fn window_argmax<T: WithDType>(p: &[T], (h, w): (usize, usize), i: usize, j: usize) -> usize {
-    let rows = (2 * i).saturating_sub(1)..(2 * i + 2).min(h);
-    let cols = (2 * j).saturating_sub(1)..(2 * j + 2).min(w);
-    let mut best = rows.start * w + cols.start;
-    for r in rows {
-        for c in cols.clone() {
-            if p[r * w + c] > p[best] {
-                best = r * w + c;
-            }
-        }
+/// The first maximum in row-major order of each window of output row `i` of the `h x w`
+/// plane `p`: its value in `best[j]` and, when `at` is given, its position in the window in
+/// `at[j]` (see [`window_index`]). Window position by position, each a branch-free pass over
+/// the row's windows (a later position taken only when strictly larger), which the compiler
+/// vectorises; one clipped window at a time it does not.
+fn window_maxima<T: WithDType>(
+    p: &[T],
+    (h, w): (usize, usize),
+    i: usize,
+    best: &mut [T],
+    mut at: Option<&mut [u32]>,
+) {
+    let r0 = (2 * i).saturating_sub(1);
+    // the window's first position: column 2j - 1, or 0 for j = 0
+    best[0] = p[r0 * w];
+    for (b, pair) in best[1..].iter_mut().zip(p[r0 * w + 1..].chunks_exact(2)) {
+        *b = pair[0];
     }
-    best
+    // positions count from the unclipped window's corner (row 2i - 1, column 2j - 1)
+    let pos0 = 3 * (r0 + 1 - 2 * i) as u32;
+    if let Some(at) = at.as_deref_mut() {
+        at.fill(pos0);
+        at[0] = pos0 + 1;
+    }
+    for r in r0..(2 * i + 2).min(h) {
+        let row = &p[r * w..(r + 1) * w];
+        let pos = 3 * (r + 1 - 2 * i) as u32;
+        // columns 2j - 1 (from j = 1), 2j, 2j + 1 (while inside the row), in that order
+        let at1 = at.as_deref_mut().map(|a| &mut a[1..]);
+        let odd = row[1..].chunks_exact(2).map(|c| &c[0]);
+        take_larger(odd, pos, &mut best[1..], at1);
+        let even = row.chunks(2).map(|c| &c[0]);
+        take_larger(even, pos + 1, best, at.as_deref_mut());
+        let next = row.chunks_exact(2).map(|c| &c[1]);
+        take_larger(next, pos + 2, best, at.as_deref_mut());
+    }
 }
 
-/// The first maximum of each window of one row (window `j`: columns `2j-1..=2j+1` inside it).
-fn row_max<T: WithDType>(row: &[T], out: &mut [T]) {
-    for (j, o) in out.iter_mut().enumerate() {
-        let (lo, hi) = ((2 * j).saturating_sub(1), (2 * j + 2).min(row.len()));
-        let mut m = row[lo];
-        for &v in &row[lo + 1..hi] {
-            if v > m {
-                m = v;
+/// The plane index of position `pos` (`3 * row + column` in the window, from its top left
+/// corner at row `2i - 1`, column `2j - 1`) of window `(i, j)` of a plane `w` wide.
+fn window_index((i, j): (usize, usize), pos: u32, w: usize) -> usize {
+    let (dr, dc) = ((pos / 3) as usize, (pos % 3) as usize);
+    (2 * i + dr - 1) * w + (2 * j + dc) - 1
+}
+
+/// `best[j]` becomes `vals[j]` where that is strictly larger, and then `at[j]` becomes `pos`.
+#[inline]
+fn take_larger<'a, T: WithDType>(
+    vals: impl Iterator<Item = &'a T>,
+    pos: u32,
+    best: &mut [T],
+    at: Option<&mut [u32]>,
+) {
+    match at {
+        None => {
+            for (b, &v) in best.iter_mut().zip(vals) {
+                *b = if v > *b { v } else { *b };
             }
         }
-        *o = m;
+        Some(at) => {
+            for ((b, a), &v) in best.iter_mut().zip(at.iter_mut()).zip(vals) {
+                let larger = v > *b;
+                *b = if larger { v } else { *b };
+                // a select as arithmetic: written as one, it compiles to a branch per store
+                *a ^= (*a ^ pos) & 0u32.wrapping_sub(u32::from(larger));
+            }
+        }
     }
 }
 
@@ -90,31 +134,13 @@ impl MaxPool {
         if y.is_empty() {
             return Ok(y);
         }
-        // Row maxima of each window row, then the first of them that is largest, down the
-        // window: the value at the window's first maximum in row-major order (what
-        // `window_argmax` picks), without tracking indices.
         y.par_chunks_mut(ho * wo)
             .zip(x.par_chunks(h * w))
-            .for_each_init(
-                || vec![T::zero(); wo],
-                |hm, (yp, xp)| {
-                    for (i, yrow) in yp.chunks_exact_mut(wo).enumerate() {
-                        let rows = (2 * i).saturating_sub(1)..(2 * i + 2).min(h);
-                        for (k, r) in rows.enumerate() {
-                            row_max(&xp[r * w..(r + 1) * w], hm);
-                            if k == 0 {
-                                yrow.copy_from_slice(hm);
-                            } else {
-                                for (o, &m) in yrow.iter_mut().zip(hm.iter()) {
-                                    if m > *o {
-                                        *o = m;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                },
-            );
+            .for_each(|(yp, xp)| {
+                for (i, yrow) in yp.chunks_exact_mut(wo).enumerate() {
+                    window_maxima(xp, (h, w), i, yrow, None);
+                }
+            });
         Ok(y)
     }
 }
@@ -169,11 +195,17 @@ impl MaxPoolGrad {
                 x.par_chunks((h * w).max(1))
                     .zip(g.par_chunks((ho * wo).max(1))),
             )
-            .for_each(|(gp, (xp, g))| {
-                for (k, &v) in g.iter().enumerate() {
-                    gp[window_argmax(xp, (h, w), k / wo, k % wo)] += v;
-                }
-            });
+            .for_each_init(
+                || (vec![T::zero(); wo], vec![0u32; wo]),
+                |(best, at), (gp, (xp, g))| {
+                    for (i, grow) in g.chunks_exact(wo).enumerate() {
+                        window_maxima(xp, (h, w), i, best, Some(at));
+                        for (j, (&pos, &v)) in at.iter().zip(grow).enumerate() {
+                            gp[window_index((i, j), pos, w)] += v;
+                        }
+                    }
+                },
+            );
         Ok(gx)
     }
 }
