@@ -66,8 +66,40 @@ fn per_channel_sums<T: candle_core::WithDType>(
 /// `(sum a(x[i], y'[i]), sum b(x[i], y'[i]))` in f64 with `y'[i] = ymap(x[i], y[i])` (in `T`),
 /// each sum in 8 interleaved partial sums added in a fixed order: the compiler vectorises it
 /// (one sequential f64 sum is a chain of dependent adds, a large share of a BN layer's time)
-/// and it stays deterministic.
+/// and it stays deterministic. Where the CPU has AVX-512 the same sums run in its registers
+/// (the same adds in the same order, so the same bits): built for x86-64's baseline, the
+/// gradient's sums (two f64 sums and a select per element) took four times their memory
+/// traffic.
 fn sums2<T: candle_core::WithDType>(
+    x: &[T],
+    y: &[T],
+    ymap: impl Fn(T, T) -> T,
+    a: impl Fn(f64, f64) -> f64,
+    b: impl Fn(f64, f64) -> f64,
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        /// [`sums2_any`] compiled for AVX-512.
+        #[target_feature(enable = "avx512f")]
+        fn sums2_avx512<T: candle_core::WithDType>(
+            x: &[T],
+            y: &[T],
+            ymap: impl Fn(T, T) -> T,
+            a: impl Fn(f64, f64) -> f64,
+            b: impl Fn(f64, f64) -> f64,
+        ) -> (f64, f64) {
+            sums2_any(x, y, ymap, a, b)
+        }
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { sums2_avx512(x, y, ymap, a, b) };
+    }
+    sums2_any(x, y, ymap, a, b)
+}
+
+/// [`sums2`] for any x86-64 (or other) CPU; inlined into its callers so that it takes their
+/// target features.
+#[inline(always)]
+fn sums2_any<T: candle_core::WithDType>(
     x: &[T],
     y: &[T],
     ymap: impl Fn(T, T) -> T,
