@@ -5,11 +5,13 @@
 //! gradient with a naive `conv_transpose2d` loop and the kernel gradient with a conv whose kernel
 //! is a whole output map: training a ResNet spent most of its time there. Here, per frame,
 //! `y[O, L] = W[O, C*k*k] @ cols[C*k*k, L]` where `cols` is the frame's im2col (the frame itself
-//! for a stride-1 1x1 conv); backward is `gcols = W^T @ g` folded back by col2im, and
+//! for a stride-1 1x1 conv); backward is `gcols = W^T @ g` folded back by col2im (each channel
+//! onto the frame the shift read it from, so the shift's gradient is no pass of its own), and
 //! `gW += g @ cols^T` with `cols` recomputed rather than kept, so training memory stays at what
 //! candle's own conv keeps (the input). The forward builds a large map's im2col a band of
-//! output rows at a time, small enough to stay in cache. Frames are split into one contiguous group per thread,
-//! each running single-threaded gemms, so the split (and any sum over frames) is deterministic.
+//! output rows at a time, small enough to stay in cache. Frames are split into one contiguous
+//! group per thread (whole clips when shifted), each running single-threaded gemms, so the
+//! split (and any sum over frames) is deterministic.
 //! With [`ProductPrecision::Bf16`] the three products round their operands to bf16 and sum in
 //! f32 (`ops/gemm.rs`); everything around them is unchanged.
 //! Other dtypes, and CUDA until the op has its kernel, run candle's `conv2d` (the reference).
@@ -170,13 +172,18 @@ impl Geom {
         })
     }
 
+    /// The frame whose channel `c` frame `n` reads through the shift; `None` for zeros.
+    fn source_frame(&self, n: usize, c: usize) -> Option<usize> {
+        match self.shift {
+            Some(s) => s.source_frame(n, c, false),
+            None => Some(n),
+        }
+    }
+
     /// Input plane `[H, W]` of channel `c` of frame `n` as the conv reads it, from `x
     /// [N, C, H, W]` through the shift; `None` for zeros.
     fn input_plane<'a, T>(&self, x: &'a [T], n: usize, c: usize) -> Option<&'a [T]> {
-        let src = match self.shift {
-            Some(s) => s.source_frame(n, c, false)?,
-            None => n,
-        };
+        let src = self.source_frame(n, c)?;
         let hw = self.h * self.w;
         let start = (src * self.c + c) * hw;
         Some(&x[start..start + hw])
@@ -232,17 +239,21 @@ impl Geom {
             .filter(|&r| r < self.h)
     }
 
-    /// Frames per thread group, and the number of groups.
+    /// Frames per thread group, and the number of groups. With a shift a group holds whole
+    /// clips, so that the input gradient it writes back through the shift stays in its frames.
     fn groups(&self) -> (usize, usize) {
         let threads = candle_core::utils::get_num_threads().max(1);
-        let per = self.n.div_ceil(threads).max(1);
+        let mut per = self.n.div_ceil(threads).max(1);
+        if let Some(s) = self.shift {
+            per = per.next_multiple_of(s.num_seg());
+        }
         (per, self.n.div_ceil(per))
     }
 
-    /// gemm's own threading when there are fewer frames than threads, none otherwise.
+    /// gemm's own threading when there are fewer groups than threads, none otherwise.
     fn gemm_par(&self) -> Parallelism {
         let threads = candle_core::utils::get_num_threads();
-        if self.n < threads {
+        if self.groups().1 < threads {
             Parallelism::Rayon(threads)
         } else {
             Parallelism::None
@@ -328,36 +339,34 @@ fn im2col<T: Elem>(
     }
 }
 
-/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it was read from.
-/// `dst` (one frame `[C, H, W]`) must start at zero.
-fn col2im<T: Elem>(g: &Geom, cols: &[T], row_stride: usize, dst: &mut [T]) {
+/// The adjoint of [`im2col`] for channel `c`: adds each column entry of the channel's rows back
+/// onto the pixel of `plane` (`[H, W]`, starting at zero) it was read from.
+fn col2im<T: Elem>(g: &Geom, cols: &[T], row_stride: usize, c: usize, plane: &mut [T]) {
     let (k, l) = (g.k, g.l());
-    for (c, plane) in dst.chunks_exact_mut(g.h * g.w).enumerate() {
-        for ki in 0..k {
-            for kj in 0..k {
-                let row = (c * k + ki) * k + kj;
-                let src = &cols[row * row_stride..row * row_stride + l];
-                let (lo, hi) = g.valid_cols(kj);
-                for (oh, srow) in src.chunks_exact(g.wo).enumerate() {
-                    let Some(ih) = g.in_row(oh, ki) else {
-                        continue;
-                    };
-                    let irow = &mut plane[ih * g.w..(ih + 1) * g.w];
-                    let first = lo * g.stride + kj - g.pad;
-                    // stride 1 apart: a plain slice zip, which vectorises (step_by does not)
-                    if g.stride == 1 {
-                        for (i, s) in irow[first..first + hi - lo].iter_mut().zip(&srow[lo..hi]) {
-                            *i += *s;
-                        }
-                        continue;
-                    }
-                    for (i, s) in irow[first..]
-                        .iter_mut()
-                        .step_by(g.stride)
-                        .zip(&srow[lo..hi])
-                    {
+    for ki in 0..k {
+        for kj in 0..k {
+            let row = (c * k + ki) * k + kj;
+            let src = &cols[row * row_stride..row * row_stride + l];
+            let (lo, hi) = g.valid_cols(kj);
+            for (oh, srow) in src.chunks_exact(g.wo).enumerate() {
+                let Some(ih) = g.in_row(oh, ki) else {
+                    continue;
+                };
+                let irow = &mut plane[ih * g.w..(ih + 1) * g.w];
+                let first = lo * g.stride + kj - g.pad;
+                // stride 1 apart: a plain slice zip, which vectorises (step_by does not)
+                if g.stride == 1 {
+                    for (i, s) in irow[first..first + hi - lo].iter_mut().zip(&srow[lo..hi]) {
                         *i += *s;
                     }
+                    continue;
+                }
+                for (i, s) in irow[first..]
+                    .iter_mut()
+                    .step_by(g.stride)
+                    .zip(&srow[lo..hi])
+                {
+                    *i += *s;
                 }
             }
         }
@@ -682,12 +691,7 @@ impl CustomOp2 for Conv {
                 return Ok((g.first().cloned(), g.get(1).cloned()));
             }
             let grad = grad.contiguous()?;
-            // the gradient for the input as the conv read it, then back through the shift
             let gx = grad.apply_op2_no_bwd(w, &ConvGradInput(self.g))?;
-            let gx = match self.g.shift {
-                Some(s) => s.grad(&gx)?,
-                None => gx,
-            };
             let gw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.g))?;
             Ok((Some(gx), Some(gw)))
         })
@@ -731,7 +735,8 @@ impl CustomOp3 for Conv {
     }
 }
 
-/// `dL/dx` from `(dL/dy, w)`.
+/// `dL/dx` from `(dL/dy, w)`, written back through the shift: each channel's gradient goes to
+/// the frame the conv read that channel from.
 #[derive(Debug, Clone, Copy)]
 struct ConvGradInput(Geom);
 
@@ -745,26 +750,51 @@ impl ConvGradInput {
     ) -> Result<Vec<T>> {
         let (grad, w) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
         let g = self.0;
-        let (kk, l, fin) = (g.kk(), g.l(), g.frame_in());
+        let (kk, l, fin, hw) = (g.kk(), g.l(), g.frame_in(), g.h * g.w);
         let mut gx = vec![T::zero(); g.n * fin];
         let (per, _) = g.groups();
-        let wt = Lhs::new(Mat::new(w, g.o, kk).t(), g.products);
+        let wt = Mat::new(w, g.o, kk).t();
+        // a one-frame stride-1 1x1 conv's `W^T @ g` is the input gradient itself: by runs of
+        // channels that come from one frame, each run's rows go straight to that frame
+        let in_place = g.direct() && g.chunk_frames() == 1;
+        let runs = match g.shift {
+            Some(s) => s.runs(g.c),
+            None => [0..g.c, 0..0, 0..0],
+        };
+        let run_wt: Vec<_> = runs
+            .into_iter()
+            .filter(|r| in_place && !r.is_empty())
+            .map(|r| (r.clone(), Lhs::new(wt.row_range(r), g.products)))
+            .collect();
+        let wt = (!in_place).then(|| Lhs::new(wt, g.products));
         gx.par_chunks_mut(per * fin)
             .enumerate()
             .for_each(|(grp, gxs)| {
+                let base = grp * per;
                 T::with_scratch(0, g.cols_len(), |cols| {
                     T::with_scratch(1, g.out_mat_len(), |gbuf| {
                         for ch in g.chunks(grp) {
                             let gm = g.grad_mat(grad, ch, gbuf);
-                            let gxc = &mut gxs[(ch.first - grp * per) * fin..][..ch.f * fin];
-                            if g.direct() && ch.f == 1 {
-                                matmul(&g, gxc, false, &wt, gm);
+                            let Some(wt) = &wt else {
+                                for (run, wt) in &run_wt {
+                                    let Some(src) = g.source_frame(ch.first, run.start) else {
+                                        continue;
+                                    };
+                                    let at = (src - base) * fin + run.start * hw;
+                                    matmul(&g, &mut gxs[at..at + run.len() * hw], false, wt, gm);
+                                }
                                 continue;
-                            }
+                            };
                             let ncols = ch.f * l;
-                            matmul(&g, &mut cols[..kk * ncols], false, &wt, gm);
-                            for (j, gxn) in gxc.chunks_exact_mut(fin).enumerate() {
-                                col2im(&g, &cols[j * l..], ncols, gxn);
+                            matmul(&g, &mut cols[..kk * ncols], false, wt, gm);
+                            for j in 0..ch.f {
+                                for c in 0..g.c {
+                                    let Some(src) = g.source_frame(ch.first + j, c) else {
+                                        continue;
+                                    };
+                                    let at = (src - base) * fin + c * hw;
+                                    col2im(&g, &cols[j * l..], ncols, c, &mut gxs[at..at + hw]);
+                                }
                             }
                         }
                     })

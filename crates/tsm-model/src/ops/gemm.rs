@@ -58,6 +58,15 @@ impl<'a, T> Mat<'a, T> {
         }
     }
 
+    /// Rows `r` of this matrix.
+    pub(super) fn row_range(self, r: std::ops::Range<usize>) -> Self {
+        Self {
+            data: &self.data[(r.start * self.rs).min(self.data.len())..],
+            rows: r.len(),
+            ..self
+        }
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0

@@ -85,16 +85,15 @@ impl ShiftSpec {
         temporal_shift(x, self.num_seg, self.ratio)
     }
 
-    /// The gradient through the shift: the opposite shift of `grad`, outside the graph.
-    pub(crate) fn grad(&self, grad: &Tensor) -> Result<Tensor> {
-        let op = TemporalShift {
-            num_seg: self.num_seg,
-            ratio: self.ratio,
-            reverse: true,
-        };
-        timed(OpKind::Shift, grad.device(), || {
-            grad.contiguous()?.apply_op1_no_bwd(&op)
-        })
+    /// Frames per clip: frames move only inside their clip.
+    pub(crate) fn num_seg(&self) -> usize {
+        self.num_seg
+    }
+
+    /// The runs of channels `0..channels` that each come from one frame: read from the frame
+    /// before, from the frame after, and in place.
+    pub(crate) fn runs(&self, channels: usize) -> [std::ops::Range<usize>; 3] {
+        [0..self.c1, self.c1..self.c2, self.c2..channels]
     }
 }
 

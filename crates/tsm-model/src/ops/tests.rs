@@ -411,6 +411,8 @@ fn conv_with_bf16_products_matches_candles_on_rounded_operands() {
         let shifted = [
             (6, 8, 9, 7, 3, 3, 2, 1, Some((3, 0.25))),
             (4, 16, 40, 40, 4, 3, 1, 1, Some((2, 0.125))),
+            // one frame per gemm: the input gradient by runs of shifted channels
+            (6, 16, 33, 32, 8, 1, 1, 0, Some((3, 0.25))),
             // blocks of k and rows past the kernels' own (AMX: 512 and 256)
             (4, 64, 12, 12, 300, 3, 1, 1, None),
             (2, 600, 7, 7, 40, 1, 1, 0, None),

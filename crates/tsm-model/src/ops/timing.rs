@@ -2,8 +2,8 @@
 //! [`time_ops`] runs a closure on a thread, each op's forward and backward bodies add their wall
 //! time to its totals, with the device synchronised on entry and exit so that a GPU op's kernels
 //! count in the op that launched them (slower, so only while profiling: otherwise an op checks
-//! one thread-local flag and nothing is synchronised). An op inside another (the shift's
-//! gradient inside the conv's backward) counts in the inner one only.
+//! one thread-local flag and nothing is synchronised). An op inside another counts in the
+//! inner one only.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
