@@ -10,8 +10,8 @@
 //! `gW += g @ cols^T` with `cols` recomputed rather than kept, so training memory stays at what
 //! candle's own conv keeps (the input). The forward builds a large map's im2col a band of
 //! output rows at a time, small enough to stay in cache. Frames are split into one contiguous
-//! group per thread (whole clips when shifted), each running single-threaded gemms, so the
-//! split (and any sum over frames) is deterministic.
+//! group per thread (whole clips for a shifted conv's input gradient), each running
+//! single-threaded gemms, so the split (and any sum over frames) is deterministic.
 //! With [`ProductPrecision::Bf16`] the three products round their operands to bf16 and sum in
 //! f32 (`ops/gemm.rs`); everything around them is unchanged.
 //! Other dtypes, and CUDA until the op has its kernel, run candle's `conv2d` (the reference).
@@ -120,6 +120,9 @@ struct Geom {
     /// The temporal shift applied to the input as it is read.
     shift: Option<ShiftSpec>,
     products: ProductPrecision,
+    /// Thread groups of whole clips when shifted: the input gradient writes each channel back
+    /// to the frame it was read from, which must be in the same group.
+    whole_clips: bool,
 }
 
 impl Geom {
@@ -169,6 +172,7 @@ impl Geom {
             wo,
             shift,
             products,
+            whole_clips: false,
         })
     }
 
@@ -239,12 +243,12 @@ impl Geom {
             .filter(|&r| r < self.h)
     }
 
-    /// Frames per thread group, and the number of groups. With a shift a group holds whole
-    /// clips, so that the input gradient it writes back through the shift stays in its frames.
+    /// Frames per thread group (whole clips where [`Geom::whole_clips`] asks), and the number
+    /// of groups.
     fn groups(&self) -> (usize, usize) {
         let threads = candle_core::utils::get_num_threads().max(1);
         let mut per = self.n.div_ceil(threads).max(1);
-        if let Some(s) = self.shift {
+        if let (true, Some(s)) = (self.whole_clips, self.shift) {
             per = per.next_multiple_of(s.num_seg());
         }
         (per, self.n.div_ceil(per))
@@ -691,7 +695,11 @@ impl CustomOp2 for Conv {
                 return Ok((g.first().cloned(), g.get(1).cloned()));
             }
             let grad = grad.contiguous()?;
-            let gx = grad.apply_op2_no_bwd(w, &ConvGradInput(self.g))?;
+            let gin = ConvGradInput(Geom {
+                whole_clips: true,
+                ..self.g
+            });
+            let gx = grad.apply_op2_no_bwd(w, &gin)?;
             let gw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.g))?;
             Ok((Some(gx), Some(gw)))
         })
