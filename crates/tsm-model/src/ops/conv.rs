@@ -27,7 +27,9 @@ use super::activation::leaky_relu_reference;
 use super::gemm::{bf16_products_run_here, matmul_strided, GemmElem, Lhs, Mat, ProductPrecision};
 use super::shift::{check_shift_args, ShiftSpec};
 use super::timing::{timed, OpKind};
-use super::{cpu_kernel, cpu_slice, has_cpu_kernel, per_channel, reference_fwd, reference_vjp};
+use super::{
+    cpu_kernel, cpu_slice, has_cpu_kernel, par_zeros, per_channel, reference_fwd, reference_vjp,
+};
 
 /// `x [N, C, H, W]`, temporally shifted first when `shift` is `(num_seg, ratio)`, convolved with
 /// `w [O, C, k, k]`, zero padding `padding`, stride `stride`, its products (forward and both
@@ -561,18 +563,15 @@ impl Conv {
         let (x, w) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
         let bias = bias.map(|(s, l)| cpu_slice::<T>(s, l)).transpose()?;
         let g = self.g;
-        let mut out = vec![T::zero(); g.n * g.frame_out()];
         let (per, _) = g.groups();
         let wm = Lhs::new(Mat::new(w, g.o, g.kk()), g.products);
-        out.par_chunks_mut(per * g.frame_out())
-            .enumerate()
-            .for_each(|(grp, outs)| {
-                T::with_scratch(0, g.fwd_cols_len(), |cols| {
-                    T::with_scratch(1, g.out_mat_len(), |tmp| {
-                        self.fwd_group(x, &wm, bias, grp, outs, cols, tmp)
-                    })
+        let out = par_zeros(g.n * g.frame_out(), per * g.frame_out(), |grp, outs| {
+            T::with_scratch(0, g.fwd_cols_len(), |cols| {
+                T::with_scratch(1, g.out_mat_len(), |tmp| {
+                    self.fwd_group(x, &wm, bias, grp, outs, cols, tmp)
                 })
-            });
+            })
+        });
         Ok(out)
     }
 
@@ -759,7 +758,6 @@ impl ConvGradInput {
         let (grad, w) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
         let g = self.0;
         let (kk, l, fin, hw) = (g.kk(), g.l(), g.frame_in(), g.h * g.w);
-        let mut gx = vec![T::zero(); g.n * fin];
         let (per, _) = g.groups();
         let wt = Mat::new(w, g.o, kk).t();
         // a one-frame stride-1 1x1 conv's `W^T @ g` is the input gradient itself: by runs of
@@ -775,39 +773,37 @@ impl ConvGradInput {
             .map(|r| (r.clone(), Lhs::new(wt.row_range(r), g.products)))
             .collect();
         let wt = (!in_place).then(|| Lhs::new(wt, g.products));
-        gx.par_chunks_mut(per * fin)
-            .enumerate()
-            .for_each(|(grp, gxs)| {
-                let base = grp * per;
-                T::with_scratch(0, g.cols_len(), |cols| {
-                    T::with_scratch(1, g.out_mat_len(), |gbuf| {
-                        for ch in g.chunks(grp) {
-                            let gm = g.grad_mat(grad, ch, gbuf);
-                            let Some(wt) = &wt else {
-                                for (run, wt) in &run_wt {
-                                    let Some(src) = g.source_frame(ch.first, run.start) else {
-                                        continue;
-                                    };
-                                    let at = (src - base) * fin + run.start * hw;
-                                    matmul(&g, &mut gxs[at..at + run.len() * hw], false, wt, gm);
-                                }
-                                continue;
-                            };
-                            let ncols = ch.f * l;
-                            matmul(&g, &mut cols[..kk * ncols], false, wt, gm);
-                            for j in 0..ch.f {
-                                for c in 0..g.c {
-                                    let Some(src) = g.source_frame(ch.first + j, c) else {
-                                        continue;
-                                    };
-                                    let at = (src - base) * fin + c * hw;
-                                    col2im(&g, &cols[j * l..], ncols, c, &mut gxs[at..at + hw]);
-                                }
+        let gx = par_zeros(g.n * fin, per * fin, |grp, gxs| {
+            let base = grp * per;
+            T::with_scratch(0, g.cols_len(), |cols| {
+                T::with_scratch(1, g.out_mat_len(), |gbuf| {
+                    for ch in g.chunks(grp) {
+                        let gm = g.grad_mat(grad, ch, gbuf);
+                        let Some(wt) = &wt else {
+                            for (run, wt) in &run_wt {
+                                let Some(src) = g.source_frame(ch.first, run.start) else {
+                                    continue;
+                                };
+                                let at = (src - base) * fin + run.start * hw;
+                                matmul(&g, &mut gxs[at..at + run.len() * hw], false, wt, gm);
+                            }
+                            continue;
+                        };
+                        let ncols = ch.f * l;
+                        matmul(&g, &mut cols[..kk * ncols], false, wt, gm);
+                        for j in 0..ch.f {
+                            for c in 0..g.c {
+                                let Some(src) = g.source_frame(ch.first + j, c) else {
+                                    continue;
+                                };
+                                let at = (src - base) * fin + c * hw;
+                                col2im(&g, &cols[j * l..], ncols, c, &mut gxs[at..at + hw]);
                             }
                         }
-                    })
+                    }
                 })
-            });
+            })
+        });
         Ok(gx)
     }
 }

@@ -77,6 +77,30 @@ pub(crate) fn par_fill<T: Send>(
     v
 }
 
+/// A vector of `len` zeros, chunk `i` (`chunk` long, the last one shorter) zeroed and then
+/// handed to `fill(i, chunk)` on the thread that zeroed it: for the kernels that add into their
+/// output or leave parts of it zero. `vec![0; len]` zeroes on one thread while the others wait
+/// (malloc's reused memory is not zero).
+pub(crate) fn par_zeros<T: WithDType>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| {
+            c.fill(MaybeUninit::new(T::zero()));
+            // SAFETY: every element of `c` was just written.
+            let c = unsafe { &mut *(c as *mut [MaybeUninit<T>] as *mut [T]) };
+            fill(i, c)
+        });
+    // SAFETY: every chunk of the first `len` elements was zeroed above.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// A backend's storage as the [`Storage`] a tensor holds, and back.
 pub(crate) trait DeviceStorage: BackendStorage + Sized {
     fn into_storage(self) -> Storage;
