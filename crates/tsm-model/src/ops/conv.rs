@@ -125,6 +125,10 @@ struct Geom {
     /// Thread groups of whole clips when shifted: the input gradient writes each channel back
     /// to the frame it was read from, which must be in the same group.
     whole_clips: bool,
+    /// One frame per gemm, however small the map: where several frames share one, their
+    /// columns are gathered (and the output reordered) per chunk, a copy that narrow gemms
+    /// do not need; the f32 gemm's efficiency collapses on them, the bf16 kernels' does not.
+    one_frame_gemms: bool,
 }
 
 impl Geom {
@@ -175,6 +179,7 @@ impl Geom {
             shift,
             products,
             whole_clips: false,
+            one_frame_gemms: products == ProductPrecision::Bf16,
         })
     }
 
@@ -397,6 +402,9 @@ struct Chunk {
 impl Geom {
     /// Frames per chunk (the last chunk of a group may have fewer).
     fn chunk_frames(&self) -> usize {
+        if self.one_frame_gemms {
+            return 1;
+        }
         let (per, _) = self.groups();
         GEMM_COLS.div_ceil(self.l().max(1)).clamp(1, per)
     }
