@@ -513,8 +513,33 @@ mod bf16 {
             }
             return;
         }
-        // the weights' transpose (the input gradient's left operand), packed once per call:
-        // rows inside the pair loop, so that the reads of the transpose (`sr == 1`) are in order
+        if sr == 1 {
+            // the weights' transpose (the input gradient's left operand): 16 pairs of 16 rows
+            // side by side, transposed in registers to the rows' 16 pairs (one pair at a time,
+            // it was a serial pass over every weight, a tenth of a bf16 conv backward)
+            for h in (0..valid).step_by(16) {
+                let n = (valid - h).min(16);
+                for s in 0..steps {
+                    let mut v = [_mm512_setzero_si512(); 16];
+                    for (j, v) in v.iter_mut().enumerate() {
+                        let p = 16 * s + j;
+                        if 2 * p < kc {
+                            // SAFETY: rows `h..h + n <= valid` and `k < kc` (asserted above)
+                            *v = unsafe { rows_pair(src.as_ptr().add(h), sk, n, p, kc) };
+                        }
+                    }
+                    transpose_16x16(&mut v);
+                    for (r, v) in v.iter().enumerate().take(n) {
+                        // SAFETY: row `h + r < valid <= W` of step `s < steps`, inside `out`
+                        unsafe {
+                            let to = out.as_mut_ptr().add((s * W + h + r) * 16);
+                            _mm512_storeu_si512(to.cast(), *v)
+                        }
+                    }
+                }
+            }
+            return;
+        }
         for p in 0..kc.div_ceil(2) {
             for r in 0..valid {
                 out[((p / 16) * W + r) * 16 + p % 16] = scalar_pair(src, r * sr, sk, p, kc);
@@ -541,6 +566,34 @@ mod bf16 {
             let hi = _mm512_maskz_loadu_ps(lanes(nk.saturating_sub(16)), run.add(16));
             std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
         }
+    }
+
+    /// Pair `p` (values `2p` and `2p + 1`, the second zero past `kc`) of each of the `n <= 16`
+    /// rows at `rows`, which lie side by side with their `k` values `sk` apart: one pair per
+    /// 32-bit lane, zeros past `n`. Two k's 16 rows become 16 pairs in three instructions.
+    ///
+    /// # Safety
+    /// `rows[r + k * sk]` is readable for `r < n` and `k < kc`, `2p < kc`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[inline]
+    unsafe fn rows_pair(rows: *const f32, sk: usize, n: usize, p: usize, kc: usize) -> __m512i {
+        let interleave = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        // SAFETY: the masks enable only rows `r < n` of the caller's `k < kc`.
+        let load = |k: usize| unsafe { _mm512_maskz_loadu_ps(lanes(n), rows.add(k * sk)) };
+        let lo = load(2 * p);
+        let hi = if 2 * p + 1 < kc {
+            load(2 * p + 1)
+        } else {
+            _mm512_setzero_ps()
+        };
+        // bf16 lanes: 16 of k = 2p, then 16 of 2p + 1
+        let two = _mm512_cvtne2ps_pbh(hi, lo);
+        // SAFETY: a plain reinterpretation of 512 bits.
+        let two = unsafe { std::mem::transmute::<__m512bh, __m512i>(two) };
+        _mm512_permutexvar_epi16(interleave, two)
     }
 
     /// `v[i][j]` (32-bit lanes) becomes `v[j][i]`: pairs within 128-bit lanes, then 4 x 4 blocks
@@ -608,27 +661,10 @@ mod bf16 {
         // SAFETY (loads): every enabled lane reads an element `(r < valid, k < kc)` of the
         // source, inside `src` (asserted above); (stores): inside `out`'s `kp * W` values.
         if sr == 1 {
-            // the rows side by side: two k's 16 rows become 16 pairs in three instructions
-            let interleave = _mm512_set_epi16(
-                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
-                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
-            );
             for p in 0..kp {
                 for h in (0..valid).step_by(16) {
                     let n = (valid - h).min(16);
-                    let load = |k: usize| unsafe {
-                        _mm512_maskz_loadu_ps(lanes(n), src.as_ptr().add(k * sk + h))
-                    };
-                    let lo = load(2 * p);
-                    let hi = if 2 * p + 1 < kc {
-                        load(2 * p + 1)
-                    } else {
-                        _mm512_setzero_ps()
-                    };
-                    // bf16 lanes: 16 of k = 2p, then 16 of 2p + 1
-                    let two = _mm512_cvtne2ps_pbh(hi, lo);
-                    let two = unsafe { std::mem::transmute::<__m512bh, __m512i>(two) };
-                    let pairs = _mm512_permutexvar_epi16(interleave, two);
+                    let pairs = unsafe { rows_pair(src.as_ptr().add(h), sk, n, p, kc) };
                     unsafe {
                         let to = out.as_mut_ptr().add(p * W + h);
                         _mm512_mask_storeu_epi32(to.cast(), lanes(W - h), pairs)
