@@ -161,7 +161,7 @@ fn print_step_profile(ops: &OpTimes, optimizer: f64, total: f64, batch: usize) {
         eprintln!("| {label} | {:.2} | {:.1} |", t * 1e3, 100.0 * t / total);
     }
     eprintln!(
-        "| rest (head, loss, avg pools, candle's gradient sums) | {:.2} | {:.1} |",
+        "| rest (head, loss, candle's gradient sums) | {:.2} | {:.1} |",
         rest * 1e3,
         100.0 * rest / total
     );

@@ -1,7 +1,6 @@
 //! The operators PP-TSM needs that candle lacks or runs slowly: Paddle's temporal shift,
 //! convolution, training BatchNorm (with its leaky ReLU), leaky ReLU, the residual join, and
-//! padded 3x3 max pooling; plus exclusive ceil-mode 2x2 average pooling, composed from candle's
-//! ops.
+//! padded 3x3 max pooling and exclusive ceil-mode 2x2 average pooling.
 //!
 //! Each op is one type implementing candle's custom-op trait, with three bodies:
 //! - `cpu_fwd`: a hand-written kernel for f32 and f64 (single-pass, with a hand-written

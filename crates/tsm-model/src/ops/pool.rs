@@ -7,12 +7,21 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Result,
 use rayon::prelude::*;
 
 use super::timing::{timed, OpKind};
-use super::{cpu_kernel, cpu_slice, has_cpu_kernel, reference_fwd, reference_vjp};
+use super::{cpu_kernel, cpu_slice, has_cpu_kernel, par_fill, reference_fwd, reference_vjp};
 
 /// Paddle's `AvgPool2D(2, stride=2, padding=0, ceil_mode=True)` (exclusive): on an odd size the
-/// last row/column of windows averages only the cells inside the input. Composed from candle's
-/// ops (one or three passes, 3 % of a forward), so it runs on every device as it is.
+/// last row/column of windows averages only the cells inside the input.
 pub(crate) fn avg_pool2x2_ceil(x: &Tensor) -> Result<Tensor> {
+    timed(OpKind::Pool, x.device(), || {
+        x.contiguous()?.apply_op1(AvgPool)
+    })
+}
+
+/// [`avg_pool2x2_ceil`] composed from candle's ops (one or three passes), on every device: the
+/// reference for tests and the body where the CPU kernels do not run. (As the op itself it
+/// cost about a twentieth of a training step: candle's pooling, its backward's upsampling and
+/// scaling each run on one thread.)
+pub(crate) fn avg_pool2x2_ceil_reference(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let (ph, pw) = (h % 2, w % 2);
     if ph == 0 && pw == 0 {
@@ -31,6 +40,119 @@ pub(crate) fn avg_pool2x2_ceil(x: &Tensor) -> Result<Tensor> {
     let cols = Tensor::from_vec(cols, (1, wo), x.device())?;
     let counts = rows.broadcast_mul(&cols)?.to_dtype(x.dtype())?;
     sums.broadcast_div(&counts)
+}
+
+/// The 2x2 average pooling, planes in parallel; its backward is [`AvgPoolGrad`].
+#[derive(Debug, Clone, Copy)]
+struct AvgPool;
+
+impl AvgPool {
+    fn fwd<T: WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
+        let x = cpu_slice::<T>(s, l)?;
+        let (_, _, h, w) = l.shape().dims4()?;
+        let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+        let planes = x.len() / (h * w).max(1);
+        Ok(par_fill(planes * ho * wo, ho * wo, |plane, yp| {
+            let xp = &x[plane * h * w..(plane + 1) * h * w];
+            for (i, yrow) in yp.chunks_exact_mut(wo).enumerate() {
+                let top = &xp[2 * i * w..(2 * i + 1) * w];
+                let below = (2 * i + 1 < h).then(|| &xp[(2 * i + 1) * w..(2 * i + 2) * w]);
+                for (j, y) in yrow.iter_mut().enumerate() {
+                    let (c0, c1) = (2 * j, (2 * j + 1 < w).then_some(2 * j + 1));
+                    // the cells in row-major order, as candle's pooling adds them
+                    let mut sum = top[c0];
+                    if let Some(c1) = c1 {
+                        sum += top[c1];
+                    }
+                    if let Some(b) = below {
+                        sum += b[c0];
+                        if let Some(c1) = c1 {
+                            sum += b[c1];
+                        }
+                    }
+                    y.write(sum / window_cells(i, j, h, w));
+                }
+            }
+        }))
+    }
+}
+
+/// How many cells of the `h x w` plane window `(i, j)` of the 2x2 pooling covers, as `T`.
+fn window_cells<T: WithDType>(i: usize, j: usize, h: usize, w: usize) -> T {
+    let rows = if 2 * i + 1 < h { 2 } else { 1 };
+    let cols = if 2 * j + 1 < w { 2 } else { 1 };
+    T::from_f64((rows * cols) as f64)
+}
+
+impl CustomOp1 for AvgPool {
+    fn name(&self) -> &'static str {
+        "avg-pool-2x2-ceil"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !has_cpu_kernel(s.dtype()) {
+            return reference_fwd(&[(s, l)], |x| avg_pool2x2_ceil_reference(&x[0]));
+        }
+        let (b, c, h, w) = l.shape().dims4()?;
+        let y = cpu_by_dtype!(s.dtype(), self.fwd(s, l));
+        Ok((y, (b, c, h.div_ceil(2), w.div_ceil(2)).into()))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        reference_fwd(&[(s, l)], |x| avg_pool2x2_ceil_reference(&x[0]))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        timed(OpKind::Pool, x.device(), || {
+            if !cpu_kernel(x) {
+                let g = reference_vjp(&[x], grad, |x| avg_pool2x2_ceil_reference(&x[0]))?;
+                return Ok(g.into_iter().next());
+            }
+            let (_, _, h, w) = x.dims4()?;
+            Ok(Some(
+                grad.contiguous()?.apply_op1_no_bwd(&AvgPoolGrad { h, w })?,
+            ))
+        })
+    }
+}
+
+/// `dL/dx [N, C, h, w]` of [`AvgPool`] from `dL/dy`: each cell gets its window's gradient over
+/// the window's cells.
+#[derive(Debug, Clone, Copy)]
+struct AvgPoolGrad {
+    h: usize,
+    w: usize,
+}
+
+impl AvgPoolGrad {
+    fn fwd<T: WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
+        let g = cpu_slice::<T>(s, l)?;
+        let (_, _, ho, wo) = l.shape().dims4()?;
+        let (h, w) = (self.h, self.w);
+        let planes = g.len() / (ho * wo).max(1);
+        Ok(par_fill(planes * h * w, h * w, |plane, gp| {
+            let gy = &g[plane * ho * wo..(plane + 1) * ho * wo];
+            for (r, row) in gp.chunks_exact_mut(w).enumerate() {
+                let i = r / 2;
+                for (c, v) in row.iter_mut().enumerate() {
+                    let j = c / 2;
+                    v.write(gy[i * wo + j] / window_cells(i, j, h, w));
+                }
+            }
+        }))
+    }
+}
+
+impl CustomOp1 for AvgPoolGrad {
+    fn name(&self) -> &'static str {
+        "avg-pool-2x2-ceil-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, _, _) = l.shape().dims4()?;
+        let gx = cpu_by_dtype!(s.dtype(), self.fwd(s, l));
+        Ok((gx, (b, c, self.h, self.w).into()))
+    }
 }
 
 /// Paddle's `MaxPool2D(3, stride=2, padding=1)`: the window is clipped to the image (padding

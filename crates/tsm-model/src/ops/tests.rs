@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::activation::{add_leaky_relu_reference, leaky_relu_reference};
 use super::conv::{conv2d_bias_reference, conv2d_reference};
-use super::pool::max_pool3x3_s2_p1_reference;
+use super::pool::{avg_pool2x2_ceil_reference, max_pool3x3_s2_p1_reference};
 use super::shift::{shift_folds, temporal_shift_reference};
 use super::*;
 
@@ -325,6 +325,30 @@ fn max_pool_gradient_goes_to_the_first_maximum_like_paddle() {
         gx.to_vec1::<f32>().unwrap(),
         [1., 1., 0., 1., 1., 0., 0., 0., 0.]
     );
+}
+
+#[test]
+fn avg_pool_matches_its_reference() {
+    on_each_device(|dev| {
+        // even, odd, mixed, one-row and one-cell planes
+        for shape in [
+            [2, 3, 8, 6],
+            [1, 4, 7, 7],
+            [3, 2, 5, 4],
+            [2, 2, 1, 5],
+            [1, 1, 1, 1],
+        ] {
+            check(
+                "avg pool",
+                dev,
+                &[&shape],
+                |d| if d == DType::F32 { 1e-6 } else { summed(d) },
+                |x| avg_pool2x2_ceil(&x[0]),
+                |x| avg_pool2x2_ceil_reference(&x[0]),
+            )?;
+        }
+        Ok(())
+    })
 }
 
 #[test]

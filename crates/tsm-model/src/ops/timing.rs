@@ -24,7 +24,7 @@ pub enum OpKind {
     BatchNormBackward,
     /// The temporal shift and its gradient, where they run as ops of their own.
     Shift,
-    /// Max pooling and its gradient.
+    /// Max and average pooling and their gradients.
     Pool,
     /// Leaky ReLU and the residual add + leaky ReLU, and their gradients.
     Activation,
@@ -39,7 +39,7 @@ impl OpKind {
             OpKind::BatchNormForward => "BN forward",
             OpKind::BatchNormBackward => "BN backward",
             OpKind::Shift => "temporal shift",
-            OpKind::Pool => "max pool",
+            OpKind::Pool => "max and avg pools",
             OpKind::Activation => "activation, residual add",
         }
     }
