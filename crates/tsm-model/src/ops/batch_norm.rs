@@ -66,9 +66,9 @@ fn per_channel_sums<T: candle_core::WithDType>(
 /// `(sum a(x[i], y'[i]), sum b(x[i], y'[i]))` in f64 with `y'[i] = ymap(x[i], y[i])` (in `T`),
 /// each sum in 8 interleaved partial sums added in a fixed order: the compiler vectorises it
 /// (one sequential f64 sum is a chain of dependent adds, a large share of a BN layer's time)
-/// and it stays deterministic. Where the CPU has AVX-512 the same sums run in its registers
-/// (the same adds in the same order, so the same bits): built for x86-64's baseline, the
-/// gradient's sums (two f64 sums and a select per element) took four times their memory
+/// and it stays deterministic. Where the CPU has AVX-512 or AVX2 the same sums run in its
+/// registers (the same adds in the same order, so the same bits): built for x86-64's baseline,
+/// the gradient's sums (two f64 sums and a select per element) took four times their memory
 /// traffic.
 fn sums2<T: candle_core::WithDType>(
     x: &[T],
@@ -78,7 +78,7 @@ fn sums2<T: candle_core::WithDType>(
     b: impl Fn(f64, f64) -> f64,
 ) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    {
         /// [`sums2_any`] compiled for AVX-512.
         #[target_feature(enable = "avx512f")]
         fn sums2_avx512<T: candle_core::WithDType>(
@@ -90,8 +90,25 @@ fn sums2<T: candle_core::WithDType>(
         ) -> (f64, f64) {
             sums2_any(x, y, ymap, a, b)
         }
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { sums2_avx512(x, y, ymap, a, b) };
+        /// [`sums2_any`] compiled for AVX2 (no FMA: it would change the bits).
+        #[target_feature(enable = "avx2")]
+        fn sums2_avx2<T: candle_core::WithDType>(
+            x: &[T],
+            y: &[T],
+            ymap: impl Fn(T, T) -> T,
+            a: impl Fn(f64, f64) -> f64,
+            b: impl Fn(f64, f64) -> f64,
+        ) -> (f64, f64) {
+            sums2_any(x, y, ymap, a, b)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { sums2_avx512(x, y, ymap, a, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { sums2_avx2(x, y, ymap, a, b) };
+        }
     }
     sums2_any(x, y, ymap, a, b)
 }
@@ -133,12 +150,130 @@ fn as_f32<T: candle_core::WithDType>(s: &[T]) -> Option<&[f32]> {
         .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
 }
 
-/// [`BnGradSums`]' sums of one plane, f32 on AVX-512: `(sum g, sum g * (x - mu) * inv_std)`
-/// with `g = dy` through the leaky ReLU (when `leaky`) at the pre-activation
-/// `(x - pre[0]) * pre[1] + pre[2]`. The same operations in the same order as [`sums2`] with
-/// [`PlaneCoefs::pre_grad`], so the same bits: the compiler left that generic loop scalar (the
-/// f32 select, then each lane converted and summed on its own), about four cycles an element
-/// and most of a BN backward's time.
+/// Eight f64 partial sums in vector registers: one zmm with AVX-512, two ymm with AVX2 (lanes
+/// 0-3 and 4-7), the same lanes and adds either way, so the same bits.
+#[cfg(target_arch = "x86_64")]
+trait F64x8: Copy {
+    /// # Safety
+    /// Each method needs its impl's instructions (AVX-512F for `__m512d`, AVX for the pair).
+    unsafe fn splat(v: f64) -> Self;
+    /// The 8 f32 of `v`, widened.
+    unsafe fn widen(v: std::arch::x86_64::__m256) -> Self;
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    unsafe fn lanes(self) -> [f64; 8];
+}
+
+#[cfg(target_arch = "x86_64")]
+impl F64x8 for std::arch::x86_64::__m512d {
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe { std::arch::x86_64::_mm512_set1_pd(v) }
+    }
+    #[inline(always)]
+    unsafe fn widen(v: std::arch::x86_64::__m256) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe { std::arch::x86_64::_mm512_cvtps_pd(v) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe { std::arch::x86_64::_mm512_add_pd(self, o) }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe { std::arch::x86_64::_mm512_sub_pd(self, o) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe { std::arch::x86_64::_mm512_mul_pd(self, o) }
+    }
+    #[inline(always)]
+    unsafe fn lanes(self) -> [f64; 8] {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe { std::mem::transmute(self) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl F64x8 for [std::arch::x86_64::__m256d; 2] {
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe { [std::arch::x86_64::_mm256_set1_pd(v); 2] }
+    }
+    #[inline(always)]
+    unsafe fn widen(v: std::arch::x86_64::__m256) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe {
+            use std::arch::x86_64::*;
+            [
+                _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+            ]
+        }
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe {
+            use std::arch::x86_64::_mm256_add_pd;
+            [_mm256_add_pd(self[0], o[0]), _mm256_add_pd(self[1], o[1])]
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe {
+            use std::arch::x86_64::_mm256_sub_pd;
+            [_mm256_sub_pd(self[0], o[0]), _mm256_sub_pd(self[1], o[1])]
+        }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe {
+            use std::arch::x86_64::_mm256_mul_pd;
+            [_mm256_mul_pd(self[0], o[0]), _mm256_mul_pd(self[1], o[1])]
+        }
+    }
+    #[inline(always)]
+    unsafe fn lanes(self) -> [f64; 8] {
+        // SAFETY: the caller has the instructions (the trait's contract).
+        unsafe { std::mem::transmute(self) }
+    }
+}
+
+/// [`BnGradSums`]' sums of one f32 plane in vector registers, when the CPU has AVX-512 or AVX2:
+/// `(sum g, sum g * (x - mu) * inv_std)` with `g = dy` through the leaky ReLU (when `leaky`) at
+/// the pre-activation `(x - pre[0]) * pre[1] + pre[2]`. The same operations in the same order
+/// as [`sums2`] with [`PlaneCoefs::pre_grad`], so the same bits: the compiler left that generic
+/// loop scalar (the f32 select, then each lane converted and summed on its own), about four
+/// cycles an element and most of a BN backward's time.
+#[cfg(target_arch = "x86_64")]
+fn grad_sums_f32(
+    x: &[f32],
+    dy: &[f32],
+    pre: [f32; 3],
+    leaky: bool,
+    mu_inv_std: (f64, f64),
+) -> Option<(f64, f64)> {
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        Some(unsafe { grad_sums_f32_avx512(x, dy, pre, leaky, mu_inv_std) })
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        Some(unsafe { grad_sums_f32_avx2(x, dy, pre, leaky, mu_inv_std) })
+    } else {
+        None
+    }
+}
+
+/// [`grad_sums_f32`] on AVX-512.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn grad_sums_f32_avx512(
@@ -146,62 +281,86 @@ fn grad_sums_f32_avx512(
     dy: &[f32],
     pre: [f32; 3],
     leaky: bool,
-    mu: f64,
-    inv_std: f64,
+    mu_inv_std: (f64, f64),
 ) -> (f64, f64) {
-    use std::arch::x86_64::*;
-    const LANES: usize = 8;
-    assert_eq!(x.len(), dy.len());
-    let pre_grad = |v: f32, g: f32| {
-        if leaky {
-            g * leaky_grad_factor((v - pre[0]) * pre[1] + pre[2])
-        } else {
-            g
-        }
-    };
-    let (pm, pa, pb) = (
-        _mm256_set1_ps(pre[0]),
-        _mm256_set1_ps(pre[1]),
-        _mm256_set1_ps(pre[2]),
-    );
-    let (one, slope) = (_mm256_set1_ps(1.0), _mm256_set1_ps(LEAKY_SLOPE as f32));
-    let (mu_v, inv_v) = (_mm512_set1_pd(mu), _mm512_set1_pd(inv_std));
-    let (mut sa, mut sb) = (_mm512_setzero_pd(), _mm512_setzero_pd());
-    let whole = x.len() / LANES * LANES;
-    for i in (0..whole).step_by(LANES) {
-        // SAFETY: `i + 8 <= whole <= len` for both slices.
-        let (v, g) = unsafe {
-            (
+    // SAFETY: this function runs only where the CPU has AVX-512F (its target feature).
+    unsafe { grad_sums_f32_in::<std::arch::x86_64::__m512d>(x, dy, pre, leaky, mu_inv_std) }
+}
+
+/// [`grad_sums_f32`] on AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn grad_sums_f32_avx2(
+    x: &[f32],
+    dy: &[f32],
+    pre: [f32; 3],
+    leaky: bool,
+    mu_inv_std: (f64, f64),
+) -> (f64, f64) {
+    // SAFETY: this function runs only where the CPU has AVX2 (its target feature).
+    unsafe { grad_sums_f32_in::<[std::arch::x86_64::__m256d; 2]>(x, dy, pre, leaky, mu_inv_std) }
+}
+
+/// [`grad_sums_f32`]'s loop with its f64 sums in `V`; inlined into the callers that enable
+/// `V`'s instructions.
+///
+/// # Safety
+/// The CPU has AVX and `V`'s instructions.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn grad_sums_f32_in<V: F64x8>(
+    x: &[f32],
+    dy: &[f32],
+    pre: [f32; 3],
+    leaky: bool,
+    (mu, inv_std): (f64, f64),
+) -> (f64, f64) {
+    // SAFETY: the caller's CPU has AVX and `V`'s instructions; the loads stay in bounds.
+    unsafe {
+        use std::arch::x86_64::*;
+        const LANES: usize = 8;
+        assert_eq!(x.len(), dy.len());
+        let pre_grad = |v: f32, g: f32| {
+            if leaky {
+                g * leaky_grad_factor((v - pre[0]) * pre[1] + pre[2])
+            } else {
+                g
+            }
+        };
+        let (pm, pa, pb) = (
+            _mm256_set1_ps(pre[0]),
+            _mm256_set1_ps(pre[1]),
+            _mm256_set1_ps(pre[2]),
+        );
+        let (one, slope) = (_mm256_set1_ps(1.0), _mm256_set1_ps(LEAKY_SLOPE as f32));
+        let (mu_v, inv_v) = (V::splat(mu), V::splat(inv_std));
+        let (mut sa, mut sb) = (V::splat(0.0), V::splat(0.0));
+        let whole = x.len() / LANES * LANES;
+        for i in (0..whole).step_by(LANES) {
+            // `i + 8 <= whole <= len` for both slices
+            let (v, g) = (
                 _mm256_loadu_ps(x.as_ptr().add(i)),
                 _mm256_loadu_ps(dy.as_ptr().add(i)),
-            )
-        };
-        let g = if leaky {
-            let p = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, pm), pa), pb);
-            let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(p, _mm256_setzero_ps());
-            _mm256_mul_ps(g, _mm256_blendv_ps(slope, one, positive))
-        } else {
-            g
-        };
-        let (u, g) = (_mm512_cvtps_pd(v), _mm512_cvtps_pd(g));
-        sa = _mm512_add_pd(sa, g);
-        sb = _mm512_add_pd(
-            sb,
-            _mm512_mul_pd(_mm512_mul_pd(g, _mm512_sub_pd(u, mu_v)), inv_v),
-        );
+            );
+            let g = if leaky {
+                let p = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, pm), pa), pb);
+                let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(p, _mm256_setzero_ps());
+                _mm256_mul_ps(g, _mm256_blendv_ps(slope, one, positive))
+            } else {
+                g
+            };
+            let (u, g) = (V::widen(v), V::widen(g));
+            sa = sa.add(g);
+            sb = sb.add(g.mul(u.sub(mu_v)).mul(inv_v));
+        }
+        let (mut la, mut lb) = (sa.lanes(), sb.lanes());
+        for (j, (&v, &g)) in x[whole..].iter().zip(&dy[whole..]).enumerate() {
+            let (u, g) = (v as f64, pre_grad(v, g) as f64);
+            la[j] += g;
+            lb[j] += g * (u - mu) * inv_std;
+        }
+        (la.iter().sum(), lb.iter().sum())
     }
-    let (mut la, mut lb) = ([0.0f64; LANES], [0.0f64; LANES]);
-    // SAFETY: each array holds 8 f64.
-    unsafe {
-        _mm512_storeu_pd(la.as_mut_ptr(), sa);
-        _mm512_storeu_pd(lb.as_mut_ptr(), sb);
-    }
-    for (j, (&v, &g)) in x[whole..].iter().zip(&dy[whole..]).enumerate() {
-        let (u, g) = (v as f64, pre_grad(v, g) as f64);
-        la[j] += g;
-        lb[j] += g * (u - mu) * inv_std;
-    }
-    (la.iter().sum(), lb.iter().sum())
 }
 
 /// Per-channel batch mean and biased variance `[2, C]` of `x [N, C, H, W]`, accumulated in f64
@@ -481,11 +640,9 @@ impl BnGradSums {
             let dyp = &dy[start..start + xp.len()];
             #[cfg(target_arch = "x86_64")]
             if let (Some(xp), Some(dyp)) = (as_f32(xp), as_f32(dyp)) {
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    let pre = coefs.pre_coefs::<f32>(ch);
-                    let leaky = self.leaky;
-                    // SAFETY: the CPU has AVX-512F (checked above).
-                    return unsafe { grad_sums_f32_avx512(xp, dyp, pre, leaky, mu, inv_std) };
+                let pre = coefs.pre_coefs::<f32>(ch);
+                if let Some(sums) = grad_sums_f32(xp, dyp, pre, self.leaky, (mu, inv_std)) {
+                    return sums;
                 }
             }
             let pre_grad = coefs.pre_grad::<T>(ch, self.leaky);
@@ -585,13 +742,26 @@ impl CustomOp3 for BnGradInput {
 mod tests {
     use super::*;
 
-    /// The AVX-512 gradient sums give the generic loop's bits, tails and signs included.
+    /// The vector gradient sums (each this CPU runs) give the generic loop's bits, tails and
+    /// signs included.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn f32_gradient_sums_are_the_generic_sums() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            return; // the generic loop is the only one this CPU runs
-        }
+        type Sums = unsafe fn(&[f32], &[f32], [f32; 3], bool, (f64, f64)) -> (f64, f64);
+        let kernels: Vec<(&str, Sums)> = [
+            ("avx512f", grad_sums_f32_avx512 as Sums),
+            ("avx2", grad_sums_f32_avx2 as Sums),
+        ]
+        .into_iter()
+        .filter(|(feature, _)| match *feature {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            _ => std::arch::is_x86_feature_detected!("avx2"),
+        })
+        .collect();
+        assert!(
+            !kernels.is_empty(),
+            "this CPU has neither AVX-512F nor AVX2"
+        );
         let stats = [0.3, 1.7];
         let params = [0.9, -0.2];
         let coefs = PlaneCoefs::new(&stats, &params, 1);
@@ -604,10 +774,13 @@ mod tests {
                 let pre_grad = coefs.pre_grad::<f32>(0, leaky);
                 let want = sums2_any(&x, &dy, pre_grad, |_, g| g, |v, g| g * (v - mu) * inv_std);
                 let pre = coefs.pre_coefs::<f32>(0);
-                // SAFETY: the CPU has AVX-512F (checked above).
-                let got = unsafe { grad_sums_f32_avx512(&x, &dy, pre, leaky, mu, inv_std) };
-                assert_eq!(got.0.to_bits(), want.0.to_bits(), "len {len} leaky {leaky}");
-                assert_eq!(got.1.to_bits(), want.1.to_bits(), "len {len} leaky {leaky}");
+                for (feature, sums) in &kernels {
+                    // SAFETY: the CPU has the kernel's feature (filtered above).
+                    let got = unsafe { sums(&x, &dy, pre, leaky, (mu, inv_std)) };
+                    let at = format!("{feature}, len {len}, leaky {leaky}");
+                    assert_eq!(got.0.to_bits(), want.0.to_bits(), "{at}");
+                    assert_eq!(got.1.to_bits(), want.1.to_bits(), "{at}");
+                }
             }
         }
     }
