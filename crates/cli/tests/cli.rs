@@ -464,7 +464,7 @@ fn one_motion_job(
 /// error before any work.
 #[test]
 fn train_in_bf16_runs_and_records_its_precision() {
-    let dir = common::fresh_dir("cli-train-bf16");
+    let dir = test_support::fresh_test_dir!("cli-train-bf16");
     let (set, run, overrides) = one_motion_job(&dir, (2, 1, 3), 2, 1);
     let out = common::train_command(&set, &run, &overrides)
         .args(["--precision", "bf16"])
@@ -634,7 +634,7 @@ fn every_command_has_an_example_in_its_help() {
 
 #[test]
 fn train_draws_its_curves_and_plot_redraws_them() {
-    let dir = common::fresh_dir("cli-plot");
+    let dir = test_support::fresh_test_dir!("cli-plot");
     let (set, run, overrides) = one_motion_job(&dir, (4, 2, 1), 4, 2);
     let out = common::train_on_motion(&set, &run, &overrides);
     let curves = run.join("curves.png");
@@ -738,7 +738,7 @@ fn on_a_terminal(mut cmd: Command) -> (String, ExitStatus) {
 
 #[test]
 fn on_a_terminal_train_and_predict_show_live_bars() {
-    let dir = common::fresh_dir("cli-terminal");
+    let dir = test_support::fresh_test_dir!("cli-terminal");
     let (set, run, overrides) = one_motion_job(&dir, (4, 2, 2), 4, 2);
     let (screen, status) = on_a_terminal(common::train_command(&set, &run, &overrides));
     assert!(status.success(), "{screen}");

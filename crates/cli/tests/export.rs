@@ -43,15 +43,6 @@ fn python() -> PathBuf {
     p
 }
 
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
@@ -64,7 +55,7 @@ fn check(case: &str) {
     let want = test_support::read_safetensors(&refs.join(meta["outputs"].as_str().unwrap()));
     let size = meta["size"].as_u64().unwrap() as usize;
     let num_seg = meta["num_seg"].as_u64().unwrap() as usize;
-    let dir = fresh_dir(&format!("export_{case}"));
+    let dir = test_support::fresh_test_dir!(format!("export_{case}"));
     let weights = dir.join("model.safetensors");
     let pdparams = refs.join(meta["pdparams"][0].as_str().unwrap());
     let opts = ConvertOptions {
@@ -228,7 +219,7 @@ fn check_export_error(args: &[&str], out: &Path, needles: &[&str]) {
 
 #[test]
 fn export_errors_name_the_file_and_leave_nothing_half_written() {
-    let dir = fresh_dir("export_errors");
+    let dir = test_support::fresh_test_dir!("export_errors");
     let weights = small_checkpoint(&dir);
     let w = weights.to_str().unwrap();
     let out = dir.join("model.onnx");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use common::{fresh_dir, s, text, tsm};
+use common::{s, text, tsm};
 use tsm_model::{Tsm, TsmConfig, CONFIG_METADATA_KEY};
 
 /// A video the commands would classify if the weights were good.
@@ -67,7 +67,7 @@ fn checkpoint_with_config(path: &Path, config_json: &str) {
 
 #[test]
 fn a_hostile_config_is_refused_by_info_as_by_predict_and_eval() {
-    let dir = fresh_dir("hostile-config");
+    let dir = test_support::fresh_test_dir!("hostile-config");
     for (name, json, needle) in [
         (
             "frames.safetensors",
@@ -94,7 +94,7 @@ fn a_hostile_config_is_refused_by_info_as_by_predict_and_eval() {
 
 #[test]
 fn a_file_that_is_not_safetensors_is_named_as_such() {
-    let dir = fresh_dir("not-safetensors");
+    let dir = test_support::fresh_test_dir!("not-safetensors");
     let text_file = dir.join("notes.txt");
     std::fs::write(&text_file, "these are not weights\n").unwrap();
     let pickle = dir.join("model.pdparams");
@@ -112,7 +112,7 @@ fn a_file_that_is_not_safetensors_is_named_as_such() {
 
 #[test]
 fn a_backbone_without_head_is_described_by_info_and_refused_by_predict() {
-    let dir = fresh_dir("headless");
+    let dir = test_support::fresh_test_dir!("headless");
     let weights = dir.join("backbone.safetensors");
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);

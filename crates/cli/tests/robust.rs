@@ -30,7 +30,7 @@ use common::{s, text, tsm};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
-use test_support::ffmpeg;
+use test_support::{ffmpeg, TestDir};
 use tsm_model::{Tsm, TsmConfig};
 
 const CLASSES: usize = 3;
@@ -418,6 +418,7 @@ fn train_list(name: &str, entries: &[(PathBuf, Expect)], frames: bool) {
     let list = list(&format!("{name}.txt"), entries, frames);
     let format = if frames { "frames" } else { "videos" };
     let cfg = train_config(name, &list, &list, format, 1);
+    let _run = TestDir::fresh(corpus().dir.join(name));
     let out = tsm(&["train", "-c", s(&cfg)]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
@@ -544,7 +545,7 @@ fn a_diverging_run_stops_naming_epoch_and_iteration_and_keeps_its_checkpoint() {
     let c = corpus();
     let list = good_list("diverge.txt");
     let cfg = train_config("diverge", &list, &list, "videos", 2);
-    let run = c.dir.join("diverge");
+    let run = TestDir::fresh(c.dir.join("diverge"));
     // Epoch 1 at lr 0.01; epoch 2 (one schedule step per epoch) at ~1e30: its first update
     // sends the weights to infinity, and the loss of its second iteration is not finite.
     let out = tsm(&[
@@ -576,7 +577,7 @@ fn a_diverging_run_stops_naming_epoch_and_iteration_and_keeps_its_checkpoint() {
     // One iteration per epoch, epoch 2 at 1e300 (infinite once in f32): no loss is computed
     // after the bad update, so the checkpoint write is what refuses the non-finite weights.
     let cfg = train_config("diverge-last", &list, &list, "videos", 2);
-    let run = c.dir.join("diverge-last");
+    let run = TestDir::fresh(c.dir.join("diverge-last"));
     let out = tsm(&[
         "train",
         "-c",
@@ -628,8 +629,7 @@ fn a_full_disk_is_reported_at_the_failing_write_and_earlier_checkpoints_survive(
     let c = corpus();
     let list = good_list("full.txt");
     let cfg = train_config("full", &list, &list, "videos", 2);
-    let run = c.dir.join("full");
-    std::fs::create_dir_all(&run).unwrap();
+    let run = TestDir::fresh(c.dir.join("full"));
     // Epoch 2's model file is written through its temporary name, which leads to /dev/full:
     // every write there fails with ENOSPC, as on a full disk.
     let tmp = run.join("epoch_00002.safetensors.tmp");

@@ -215,3 +215,50 @@ pub fn peak_alloc_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let out = f();
     (out, PEAK.load(Relaxed).saturating_sub(base))
 }
+
+/// A test's output folder under the target dir (`fresh_test_dir!`), created empty. Removed when
+/// the test passes, so a suite's outputs (training runs, exported models: gigabytes in all) do
+/// not pile up on the disk while it runs; kept, with its name, when the test panics.
+#[derive(Debug)]
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    /// Empties (or creates) `path`.
+    pub fn fresh(path: PathBuf) -> Self {
+        if path.exists() {
+            std::fs::remove_dir_all(&path).unwrap();
+        }
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // Best effort: a folder left behind costs disk, not correctness.
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// `TestDir::fresh` of `name` under the calling test crate's `CARGO_TARGET_TMPDIR`.
+#[macro_export]
+macro_rules! fresh_test_dir {
+    ($name:expr) => {
+        $crate::TestDir::fresh(::std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join($name))
+    };
+}

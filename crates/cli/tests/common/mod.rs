@@ -11,17 +11,6 @@ pub fn demo_recipe() -> PathBuf {
     test_support::project_root().join("assets/configs/demo_motion.toml")
 }
 
-/// A fresh folder under the target dir (not a temp dir that a failed run would leave behind
-/// unnamed).
-pub fn fresh_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// `tsm-cli train` with the demo recipe on `set` into `run`, with more `-o` overrides (its
 /// number of classes and data paths are set here). Two threads, so runs repeat exactly.
 pub fn train_on_motion(set: &MotionSet, run: &Path, overrides: &[String]) -> Output {
