@@ -52,11 +52,7 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         // Under the target dir (not a temp dir that a static would never remove), fresh per run.
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-e2e");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).unwrap();
-        }
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_support::fresh_test_dir!("cli-e2e").kept();
         let weights = dir.join("r18.safetensors");
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);

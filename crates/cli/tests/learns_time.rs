@@ -57,7 +57,7 @@ fn top1(confusion: &[Vec<usize>]) -> f64 {
 
 /// The TSM every test here uses: trained once on the motion set (the demo recipe).
 struct Trained {
-    dir: test_support::TestDir,
+    dir: PathBuf,
     spec: MotionSpec,
     set: MotionSet,
     weights: PathBuf,
@@ -68,7 +68,7 @@ struct Trained {
 fn trained_tsm() -> &'static Trained {
     static TRAINED: OnceLock<Trained> = OnceLock::new();
     TRAINED.get_or_init(|| {
-        let dir = test_support::fresh_test_dir!("learns-time");
+        let dir = test_support::fresh_test_dir!("learns-time").kept();
         let spec = MotionSpec {
             motions: vec![Motion::Horizontal, Motion::Scale],
             val_per_class: VAL_PER_CLASS,

@@ -74,10 +74,7 @@ fn write_prefix(src: &Path, dst: &Path, fraction: f64) {
 fn corpus() -> &'static Corpus {
     static CORPUS: OnceLock<Corpus> = OnceLock::new();
     CORPUS.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-robust");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).unwrap();
-        }
+        let dir = test_support::fresh_test_dir!("cli-robust").kept();
         let v = dir.join("videos");
         std::fs::create_dir_all(&v).unwrap();
         let weights = dir.join("r18.safetensors");

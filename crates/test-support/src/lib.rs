@@ -231,6 +231,13 @@ impl TestDir {
         std::fs::create_dir_all(&path).unwrap();
         Self(path)
     }
+
+    /// The folder, kept after the tests: for a fixture in a static, which is never dropped and
+    /// serves every test of its binary (emptied again by the next run).
+    pub fn kept(self) -> PathBuf {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.0.clone()
+    }
 }
 
 impl std::ops::Deref for TestDir {
@@ -255,7 +262,7 @@ impl Drop for TestDir {
     }
 }
 
-/// `TestDir::fresh` of `name` under the calling test crate's `CARGO_TARGET_TMPDIR`.
+/// [`TestDir::fresh`] of `name` under the calling test crate's `CARGO_TARGET_TMPDIR`.
 #[macro_export]
 macro_rules! fresh_test_dir {
     ($name:expr) => {
