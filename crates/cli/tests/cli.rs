@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use common::{s, text, tsm};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use test_support::motion::{self, Motion, MotionSpec};
 use test_support::{ffmpeg, media};
@@ -56,8 +58,13 @@ fn fixture() -> &'static Fixture {
         let weights = dir.join("r18.safetensors");
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        // Seeded, so each run and each machine test the same weights.
         let cfg = TsmConfig::pptsm_r18(CLASSES).with_num_seg(4);
-        Tsm::new(&cfg, vb).unwrap().save(&weights).unwrap();
+        let model = Tsm::new(&cfg, vb).unwrap();
+        model
+            .init_weights(|i| ChaCha8Rng::seed_from_u64(i as u64))
+            .unwrap();
+        model.save(&weights).unwrap();
 
         let labels = dir.join("labels.txt");
         std::fs::write(&labels, "walking\nrunning, fast\njumping\nsitting\n").unwrap();
@@ -170,8 +177,11 @@ fn predict_json_gives_a_full_softmax_per_video() {
     }
 }
 
-/// `--precision bf16` on the CPU: with AVX-512 BF16, each video's class scores within 1e-2 of
-/// f32's and the same top-1 class; without, a one-line error naming the missing instructions.
+/// `--precision bf16` on the CPU: with AVX-512 BF16, each video's logits (its log-scores less
+/// their mean) within 1e-2 relative L2 of f32's, the bound the CPU speed issue sets and
+/// tsm-model's own test holds; without, a one-line error naming the missing instructions.
+/// Logits, not scores: near an even split the rounding of one logit moves both top scores by
+/// 1e-2 (CI saw 0.524 become 0.514, logits 4.5e-3 apart).
 #[test]
 fn predict_in_bf16_on_the_cpu() {
     let f = fixture();
@@ -190,23 +200,24 @@ fn predict_in_bf16_on_the_cpu() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let (_, want) = predict_json(f, &paths, &[]);
     assert_eq!(bf16.len(), paths.len());
-    // class -> score of a row
-    let scores = |row: &Value| {
+    // A row's logits up to a shift: log softmax is the logits less their log-sum-exp, and
+    // taking the mean out takes the shift with it.
+    let logits = |row: &Value| {
         let mut v = [0f64; CLASSES];
         for t in row["topk"].as_array().unwrap() {
-            v[t["class"].as_u64().unwrap() as usize] = t["score"].as_f64().unwrap();
+            v[t["class"].as_u64().unwrap() as usize] = t["score"].as_f64().unwrap().ln();
         }
-        v
+        let mean = v.iter().sum::<f64>() / CLASSES as f64;
+        v.iter().map(|l| l - mean).collect::<Vec<_>>()
     };
     for (w, g) in want.iter().zip(&bf16) {
         assert_eq!(w["path"], g["path"]);
-        assert_eq!(w["topk"][0]["class"], g["topk"][0]["class"], "{w}\n{g}");
-        let diff = scores(w)
-            .iter()
-            .zip(scores(g))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f64, f64::max);
-        assert!(diff <= 1e-2, "scores differ by {diff}: {w}\n{g}");
+        let rel = test_support::rel_l2(&logits(g), &logits(w));
+        eprintln!(
+            "{}: bf16 logits {rel:.2e} relative L2 from f32's",
+            w["path"]
+        );
+        assert!(rel <= 1e-2, "logits {rel:.2e} relative L2 apart: {w}\n{g}");
     }
 }
 
