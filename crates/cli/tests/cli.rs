@@ -208,11 +208,11 @@ fn predict_in_bf16_on_the_cpu() {
             v[t["class"].as_u64().unwrap() as usize] = t["score"].as_f64().unwrap().ln();
         }
         let mean = v.iter().sum::<f64>() / CLASSES as f64;
-        v.iter().map(|l| l - mean).collect::<Vec<_>>()
+        v.map(|l| l - mean)
     };
     for (w, g) in want.iter().zip(&bf16) {
         assert_eq!(w["path"], g["path"]);
-        let rel = test_support::rel_l2(&logits(g), &logits(w));
+        let rel = test_support::rel_l2(&logits(g)[..], &logits(w)[..]);
         eprintln!(
             "{}: bf16 logits {rel:.2e} relative L2 from f32's",
             w["path"]

@@ -235,8 +235,7 @@ impl TestDir {
     /// The folder, kept after the tests: for a fixture in a static, which is never dropped and
     /// serves every test of its binary (emptied again by the next run).
     pub fn kept(self) -> PathBuf {
-        let this = std::mem::ManuallyDrop::new(self);
-        this.0.clone()
+        std::mem::take(&mut std::mem::ManuallyDrop::new(self).0)
     }
 }
 
