@@ -8,9 +8,11 @@
 //! for a stride-1 1x1 conv); backward is `gcols = W^T @ g` folded back by col2im (each channel
 //! onto the frame the shift read it from, so the shift's gradient is no pass of its own), and
 //! `gW += g @ cols^T` with `cols` recomputed rather than kept, so training memory stays at what
-//! candle's own conv keeps (the input). The forward builds a large map's im2col a band of
-//! output rows at a time, small enough to stay in cache. Frames are split into one contiguous
-//! group per thread (whole clips for a shifted conv's input gradient), each running
+//! candle's own conv keeps (the input). On a large map each frame's im2col is built (and the
+//! input gradient's folded back) a band of output rows at a time, small enough to stay in
+//! cache; the weight gradient sums band by band too where its sums are small (the stem's convs
+//! took 3-5x their forward's time with whole-frame columns). Frames are split into one
+//! contiguous group per thread (whole clips for a shifted conv's input gradient), each running
 //! single-threaded gemms, so the split (and any sum over frames) is deterministic.
 //! With [`ProductPrecision::Bf16`] the three products round their operands to bf16 and sum in
 //! f32 (`ops/gemm.rs`); everything around them is unchanged.
@@ -350,16 +352,24 @@ fn im2col<T: Elem>(
     }
 }
 
-/// The adjoint of [`im2col`] for channel `c`: adds each column entry of the channel's rows back
-/// onto the pixel of `plane` (`[H, W]`, starting at zero) it was read from.
-fn col2im<T: Elem>(g: &Geom, cols: &[T], row_stride: usize, c: usize, plane: &mut [T]) {
-    let (k, l) = (g.k, g.l());
+/// The adjoint of [`im2col`] for channel `c` and output rows `out_rows`: adds each column entry
+/// of the channel's rows back onto the pixel of `plane` (`[H, W]`, starting at zero) it was
+/// read from.
+fn col2im<T: Elem>(
+    g: &Geom,
+    cols: &[T],
+    row_stride: usize,
+    c: usize,
+    plane: &mut [T],
+    out_rows: std::ops::Range<usize>,
+) {
+    let (k, l) = (g.k, out_rows.len() * g.wo);
     for ki in 0..k {
         for kj in 0..k {
             let row = (c * k + ki) * k + kj;
             let src = &cols[row * row_stride..row * row_stride + l];
             let (lo, hi) = g.valid_cols(kj);
-            for (oh, srow) in src.chunks_exact(g.wo).enumerate() {
+            for (oh, srow) in out_rows.clone().zip(src.chunks_exact(g.wo)) {
                 let Some(ih) = g.in_row(oh, ki) else {
                     continue;
                 };
@@ -430,19 +440,32 @@ impl Geom {
         }
     }
 
-    /// Output rows per band when the forward builds a one-frame im2col a band at a time.
+    /// Output rows per band when a one-frame im2col is built (or folded back) a band at a time.
     fn band_rows(&self) -> usize {
         (BAND_ELEMS / (self.kk() * self.wo).max(1)).clamp(1, self.ho.max(1))
     }
 
-    /// Whether the forward builds its im2col in bands of output rows (one-frame chunks).
+    /// Whether the forward and the input gradient build (or fold back) their im2col in bands of
+    /// output rows (one-frame chunks).
     fn banded(&self) -> bool {
         !self.reads_frame_in_place() && self.chunk_frames() == 1 && self.band_rows() < self.ho
     }
 
-    /// Scratch elements for the forward's im2col: one band, or [`Geom::cols_len`].
-    fn fwd_cols_len(&self) -> usize {
-        if self.banded() {
+    /// Whether the weight gradient also sums band by band: only where its `[O, C*k*k]` sums,
+    /// read and written once per band, are no larger than a band.
+    fn grad_weight_banded(&self) -> bool {
+        self.banded() && self.o * self.kk() <= BAND_ELEMS
+    }
+
+    /// The output rows of each band.
+    fn bands(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (band, ho) = (self.band_rows(), self.ho);
+        (0..ho).step_by(band).map(move |r0| r0..(r0 + band).min(ho))
+    }
+
+    /// Scratch elements for an im2col that is `banded`: one band, or [`Geom::cols_len`].
+    fn band_cols_len(&self, banded: bool) -> usize {
+        if banded {
             self.kk() * self.band_rows() * self.wo
         } else {
             self.cols_len()
@@ -574,7 +597,7 @@ impl Conv {
         let (per, _) = g.groups();
         let wm = Lhs::new(Mat::new(w, g.o, g.kk()), g.products);
         let out = par_zeros(g.n * g.frame_out(), per * g.frame_out(), |grp, outs| {
-            T::with_scratch(0, g.fwd_cols_len(), |cols| {
+            T::with_scratch(0, g.band_cols_len(g.banded()), |cols| {
                 T::with_scratch(1, g.out_mat_len(), |tmp| {
                     self.fwd_group(x, &wm, bias, grp, outs, cols, tmp)
                 })
@@ -606,10 +629,8 @@ impl Conv {
         for ch in g.chunks(grp) {
             let ys = &mut outs[(ch.first - grp * per) * fout..][..ch.f * fout];
             if g.banded() {
-                let band = g.band_rows();
-                for r0 in (0..g.ho).step_by(band) {
-                    let rows = r0..(r0 + band).min(g.ho);
-                    let (c0, nt) = (r0 * g.wo, rows.len() * g.wo);
+                for rows in g.bands() {
+                    let (c0, nt) = (rows.start * g.wo, rows.len() * g.wo);
                     im2col(&g, x, ch.first, cols, nt, rows);
                     let src = Mat::new(&cols[..kk * nt], kk, nt);
                     matmul_strided(&mut ys[c0..], l, false, wm, src, par);
@@ -781,9 +802,10 @@ impl ConvGradInput {
             .map(|r| (r.clone(), Lhs::new(wt.row_range(r), g.products)))
             .collect();
         let wt = (!in_place).then(|| Lhs::new(wt, g.products));
+        let banded = !in_place && g.banded();
         let gx = par_zeros(g.n * fin, per * fin, |grp, gxs| {
             let base = grp * per;
-            T::with_scratch(0, g.cols_len(), |cols| {
+            T::with_scratch(0, g.band_cols_len(banded), |cols| {
                 T::with_scratch(1, g.out_mat_len(), |gbuf| {
                     for ch in g.chunks(grp) {
                         let gm = g.grad_mat(grad, ch, gbuf);
@@ -797,6 +819,23 @@ impl ConvGradInput {
                             }
                             continue;
                         };
+                        if banded {
+                            for rows in g.bands() {
+                                let (c0, nt) = (rows.start * g.wo, rows.len() * g.wo);
+                                // the band's columns of the one frame's `[O, L]` gradient
+                                let gband = gm.t().row_range(c0..c0 + nt).t();
+                                matmul(&g, &mut cols[..kk * nt], false, wt, gband);
+                                for c in 0..g.c {
+                                    let Some(src) = g.source_frame(ch.first, c) else {
+                                        continue;
+                                    };
+                                    let at = (src - base) * fin + c * hw;
+                                    let plane = &mut gxs[at..at + hw];
+                                    col2im(&g, cols, nt, c, plane, rows.clone());
+                                }
+                            }
+                            continue;
+                        }
                         let ncols = ch.f * l;
                         matmul(&g, &mut cols[..kk * ncols], false, wt, gm);
                         for j in 0..ch.f {
@@ -805,7 +844,8 @@ impl ConvGradInput {
                                     continue;
                                 };
                                 let at = (src - base) * fin + c * hw;
-                                col2im(&g, &cols[j * l..], ncols, c, &mut gxs[at..at + hw]);
+                                let plane = &mut gxs[at..at + hw];
+                                col2im(&g, &cols[j * l..], ncols, c, plane, 0..g.ho);
                             }
                         }
                     }
@@ -854,10 +894,22 @@ impl ConvGradWeight {
             .into_par_iter()
             .map(|grp| {
                 let mut gw = vec![T::zero(); g.o * kk];
-                T::with_scratch(0, g.cols_len(), |cols| {
+                let banded = g.grad_weight_banded();
+                T::with_scratch(0, g.band_cols_len(banded), |cols| {
                     T::with_scratch(1, g.out_mat_len(), |gbuf| {
                         for ch in g.chunks(grp) {
                             let gm = g.grad_mat(grad, ch, gbuf);
+                            if banded {
+                                for rows in g.bands() {
+                                    let (c0, nt) = (rows.start * g.wo, rows.len() * g.wo);
+                                    im2col(&g, x, ch.first, cols, nt, rows);
+                                    let src = Mat::new(&cols[..kk * nt], kk, nt);
+                                    let gband = gm.t().row_range(c0..c0 + nt).t();
+                                    let gband = Lhs::new(gband, g.products);
+                                    matmul(&g, &mut gw, true, &gband, src.t());
+                                }
+                                continue;
+                            }
                             let src = Mat::new(g.cols(x, ch, cols), kk, ch.f * l);
                             matmul(&g, &mut gw, true, &Lhs::new(gm, g.products), src.t());
                         }

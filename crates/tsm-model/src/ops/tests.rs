@@ -375,9 +375,11 @@ type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
 /// (n, c, h, w, o, k, stride, padding): 3x3 and 1x1 as the ResNet uses them (stride 1 and 2,
 /// "same" padding), odd and non-square sizes, one frame (gemm's own threads) and more frames
 /// than threads, a padded 2x2 kernel, and maps of over 1024 pixels (one gemm per frame rather
-/// than several frames per gemm). Height and width leave the same remainder under the stride:
-/// candle's own backward takes its output padding from the height alone.
-const CONV_CASES: [ConvCase; 10] = [
+/// than several frames per gemm), two of them large enough to be built a band of rows at a time
+/// (strided, and with weight-gradient sums too large to be summed band by band). Height and
+/// width leave the same remainder under the stride: candle's own backward takes its output
+/// padding from the height alone.
+const CONV_CASES: [ConvCase; 12] = [
     (3, 5, 9, 7, 4, 3, 1, 1),
     (2, 4, 8, 8, 6, 3, 2, 1),
     (1, 3, 11, 9, 8, 3, 2, 1),
@@ -388,6 +390,8 @@ const CONV_CASES: [ConvCase; 10] = [
     (2, 3, 7, 9, 2, 2, 2, 1),
     (2, 3, 33, 32, 4, 3, 1, 1),
     (3, 4, 32, 33, 3, 1, 1, 0),
+    (2, 16, 80, 82, 5, 3, 2, 1),
+    (1, 64, 32, 33, 256, 3, 1, 1),
 ];
 
 #[test]
