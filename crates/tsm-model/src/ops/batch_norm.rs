@@ -346,7 +346,9 @@ unsafe fn grad_sums_f32_in<V: F64x8>(
 }
 
 /// Per-channel batch mean and biased variance `[2, C]` of `x [N, C, H, W]`, accumulated in f64
-/// in two passes (mean, then squared deviations), as Paddle's kernel does.
+/// in two passes (mean, then squared deviations), as Paddle's kernel does. Both passes run
+/// channel by channel, so the second reads the channel's planes from cache (about a tenth of
+/// the layer's time, measured, when each pass went over the whole tensor).
 #[derive(Debug, Clone, Copy)]
 struct BatchStats;
 
@@ -354,18 +356,24 @@ impl BatchStats {
     fn fwd<T: candle_core::WithDType>(&self, s: &CpuStorage, l: &Layout) -> Result<Vec<T>> {
         let (x, n, c, hw) = nchw::<T>(s, l)?;
         let m = (n * hw) as f64;
-        let sums = per_channel_sums(x, (n, c, hw), |_, p, _| {
-            sums2(p, p, |_, y| y, |u, _| u, |_, _| 0.0)
-        });
-        let mean: Vec<f64> = sums.iter().map(|s| s.0 / m).collect();
-        let sq = per_channel_sums(x, (n, c, hw), |ch, p, _| {
-            let mu = mean[ch];
-            sums2(p, p, |_, y| y, |u, _| (u - mu).powi(2), |_, _| 0.0)
-        });
-        Ok(mean
+        let planes = |ch: usize| (0..n).map(move |i| &x[(i * c + ch) * hw..][..hw]);
+        let stats: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let sum = planes(ch).fold(0.0, |acc, p| {
+                    acc + sums2(p, p, |_, y| y, |u, _| u, |_, _| 0.0).0
+                });
+                let mean = sum / m;
+                let sq = planes(ch).fold(0.0, |acc, p| {
+                    acc + sums2(p, p, |_, y| y, |u, _| (u - mean).powi(2), |_, _| 0.0).0
+                });
+                (mean, sq / m)
+            })
+            .collect();
+        Ok(stats
             .iter()
-            .map(|&v| T::from_f64(v))
-            .chain(sq.iter().map(|s| T::from_f64(s.0 / m)))
+            .map(|s| T::from_f64(s.0))
+            .chain(stats.iter().map(|s| T::from_f64(s.1)))
             .collect())
     }
 }
