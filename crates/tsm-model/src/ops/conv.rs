@@ -22,6 +22,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
+use std::ops::Range;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -316,7 +318,7 @@ fn im2col<T: Elem>(
     n: usize,
     dst: &mut [T],
     row_stride: usize,
-    out_rows: std::ops::Range<usize>,
+    out_rows: Range<usize>,
 ) {
     let k = g.k;
     let l = out_rows.len() * g.wo;
@@ -361,7 +363,7 @@ fn col2im<T: Elem>(
     row_stride: usize,
     c: usize,
     plane: &mut [T],
-    out_rows: std::ops::Range<usize>,
+    out_rows: Range<usize>,
 ) {
     let (k, l) = (g.k, out_rows.len() * g.wo);
     for ki in 0..k {
@@ -458,7 +460,7 @@ impl Geom {
     }
 
     /// The output rows of each band.
-    fn bands(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+    fn bands(&self) -> impl Iterator<Item = Range<usize>> {
         let (band, ho) = (self.band_rows(), self.ho);
         (0..ho).step_by(band).map(move |r0| r0..(r0 + band).min(ho))
     }
@@ -819,34 +821,30 @@ impl ConvGradInput {
                             }
                             continue;
                         };
+                        // frame `n`'s columns of output rows `rows`, `stride` apart, onto the
+                        // frames each channel was read from
+                        let mut fold_back = |n, cols: &[T], stride, rows: Range<usize>| {
+                            for c in 0..g.c {
+                                let Some(src) = g.source_frame(n, c) else {
+                                    continue;
+                                };
+                                let at = (src - base) * fin + c * hw;
+                                col2im(&g, cols, stride, c, &mut gxs[at..at + hw], rows.clone());
+                            }
+                        };
                         if banded {
                             for rows in g.bands() {
                                 let (c0, nt) = (rows.start * g.wo, rows.len() * g.wo);
-                                // the band's columns of the one frame's `[O, L]` gradient
-                                let gband = gm.t().row_range(c0..c0 + nt).t();
+                                let gband = gm.col_range(c0..c0 + nt);
                                 matmul(&g, &mut cols[..kk * nt], false, wt, gband);
-                                for c in 0..g.c {
-                                    let Some(src) = g.source_frame(ch.first, c) else {
-                                        continue;
-                                    };
-                                    let at = (src - base) * fin + c * hw;
-                                    let plane = &mut gxs[at..at + hw];
-                                    col2im(&g, cols, nt, c, plane, rows.clone());
-                                }
+                                fold_back(ch.first, cols, nt, rows);
                             }
                             continue;
                         }
                         let ncols = ch.f * l;
                         matmul(&g, &mut cols[..kk * ncols], false, wt, gm);
                         for j in 0..ch.f {
-                            for c in 0..g.c {
-                                let Some(src) = g.source_frame(ch.first + j, c) else {
-                                    continue;
-                                };
-                                let at = (src - base) * fin + c * hw;
-                                let plane = &mut gxs[at..at + hw];
-                                col2im(&g, &cols[j * l..], ncols, c, plane, 0..g.ho);
-                            }
+                            fold_back(ch.first + j, &cols[j * l..], ncols, 0..g.ho);
                         }
                     }
                 })
@@ -904,8 +902,7 @@ impl ConvGradWeight {
                                     let (c0, nt) = (rows.start * g.wo, rows.len() * g.wo);
                                     im2col(&g, x, ch.first, cols, nt, rows);
                                     let src = Mat::new(&cols[..kk * nt], kk, nt);
-                                    let gband = gm.t().row_range(c0..c0 + nt).t();
-                                    let gband = Lhs::new(gband, g.products);
+                                    let gband = Lhs::new(gm.col_range(c0..c0 + nt), g.products);
                                     matmul(&g, &mut gw, true, &gband, src.t());
                                 }
                                 continue;

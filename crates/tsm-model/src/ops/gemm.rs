@@ -67,6 +67,11 @@ impl<'a, T> Mat<'a, T> {
         }
     }
 
+    /// Columns `c` of this matrix.
+    pub(super) fn col_range(self, c: std::ops::Range<usize>) -> Self {
+        self.t().row_range(c).t()
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
