@@ -132,6 +132,8 @@ struct Geom {
     /// One frame per gemm, however small the map: where several frames share one, their
     /// columns are gathered (and the output reordered) per chunk, a copy that narrow gemms
     /// do not need; the f32 gemm's efficiency collapses on them, the bf16 kernels' does not.
+    /// Never for the weight gradient, whose gemm sums over the chunk's pixels and reads and
+    /// writes all of `[O, C*k*k]` each time: one 7x7 frame is 49 pixels.
     one_frame_gemms: bool,
 }
 
@@ -730,7 +732,11 @@ impl CustomOp2 for Conv {
                 ..self.g
             });
             let gx = grad.apply_op2_no_bwd(w, &gin)?;
-            let gw = x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.g))?;
+            let gw = ConvGradWeight(Geom {
+                one_frame_gemms: false,
+                ..self.g
+            });
+            let gw = x.apply_op2_no_bwd(&grad, &gw)?;
             Ok((Some(gx), Some(gw)))
         })
     }
