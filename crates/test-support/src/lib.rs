@@ -10,6 +10,8 @@ mod compare;
 mod docs;
 pub mod motion;
 mod mutation;
+#[cfg(feature = "candle")]
+mod random;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +19,8 @@ use std::process::Command;
 pub use compare::{max_abs_diff, mean_abs_diff, rel_l2, rel_max_diff, Values};
 pub use docs::{assert_documented_commands_parse, documented_commands, DocCommand};
 pub use mutation::{run_mutations, seed_files};
+#[cfg(feature = "candle")]
+pub use random::{rand_uniform, randn};
 
 /// The workspace root.
 pub fn project_root() -> PathBuf {

@@ -46,15 +46,11 @@ fn shift_kernel_equals_the_cpu_op() {
         for &(n, t, c, h, w) in &shapes {
             let ratio = [0.125, 0.25, 1.0 / 3.0][rng.random_range(0..3)];
             // one extra leading frame, dropped by `narrow`: a view at an offset
-            let full = Tensor::randn(0f32, 1.0, (n * t + 1, c, h, w), &Device::Cpu)
-                .unwrap()
+            let full = test_support::randn((n * t + 1, c, h, w))
                 .to_dtype(dtype)
                 .unwrap();
             let x = full.narrow(0, 1, n * t).unwrap();
-            let g = Tensor::randn(0f32, 1.0, x.shape(), &Device::Cpu)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap();
+            let g = test_support::randn(x.shape()).to_dtype(dtype).unwrap();
             let on = |dev: &Device| {
                 let x = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
                 let y = temporal_shift(x.as_tensor(), t, ratio).unwrap();
@@ -74,7 +70,7 @@ fn shift_kernel_equals_the_cpu_op() {
     assert!(e.contains("not a multiple of num_seg 8"), "{e}");
 }
 
-/// A model with random weights and BN statistics on the CPU, and the same weights on `dev`.
+/// A model with seeded random weights and BN statistics, saved.
 fn random_model(cfg: &TsmConfig, dir: &std::path::Path) -> std::path::PathBuf {
     let varmap = VarMap::new();
     let model = Tsm::new(
@@ -82,8 +78,11 @@ fn random_model(cfg: &TsmConfig, dir: &std::path::Path) -> std::path::PathBuf {
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )
     .unwrap();
+    model
+        .init_weights(|i| ChaCha8Rng::seed_from_u64(i as u64))
+        .unwrap();
     for p in model.params() {
-        let r = |lo: f32, hi: f32| Tensor::rand(lo, hi, p.tensor.shape(), &Device::Cpu).unwrap();
+        let r = |lo, hi| test_support::rand_uniform(lo, hi, p.tensor.shape());
         let value = match p.role {
             ParamRole::BnVariance | ParamRole::BnScale => r(0.5, 1.5),
             ParamRole::BnMean | ParamRole::BnShift => r(-0.2, 0.2),
@@ -103,7 +102,7 @@ fn r50_on_the_gpu_matches_the_cpu() {
     let gpu = gpu();
     let dir = tempfile::tempdir().unwrap();
     let path = random_model(&TsmConfig::pptsm(50, 400), dir.path());
-    let clips = Tensor::randn(0f32, 1.0, (2, 8, 3, 224, 224), &Device::Cpu).unwrap();
+    let clips = test_support::randn((2, 8, 3, 224, 224));
     let cpu = Tsm::load(&path, &Device::Cpu).unwrap();
     let want = cpu.forward(&clips).unwrap();
     let on_gpu = Tsm::load(&path, &gpu).unwrap();
@@ -149,7 +148,7 @@ fn r50_on_the_gpu_matches_the_cpu() {
 fn training_on_the_gpu_matches_the_cpu_and_learns() {
     let gpu = gpu();
     let dir = tempfile::tempdir().unwrap();
-    let clips = Tensor::randn(0f32, 1.0, (2, 8, 3, 112, 112), &Device::Cpu).unwrap();
+    let clips = test_support::randn((2, 8, 3, 112, 112));
     let labels = Tensor::new(&[3u32, 7], &Device::Cpu).unwrap();
     let train = |path: &std::path::Path, dev: &Device, lr: f64, steps: usize| {
         let model = Tsm::load(path, dev).unwrap();

@@ -21,7 +21,7 @@ fn fused_forward_reuses_its_activation_buffers() {
     )
     .unwrap();
     let fused = model.fuse_for_inference().unwrap();
-    let clips = Tensor::randn(0f32, 1.0, (1, 8, 3, 64, 64), &Device::Cpu).unwrap();
+    let clips = test_support::randn((1, 8, 3, 64, 64));
     // the largest activation: 8 frames x 256 channels x 16x16 (the plan adds a border)
     let activation = 8 * 256 * 16 * 16 * 4;
 

@@ -44,7 +44,7 @@ fn random_model(cfg: &TsmConfig) -> (Tsm, VarMap) {
 }
 
 fn clips(n: usize, t: usize, s: usize) -> Tensor {
-    Tensor::randn(0f32, 1.0, (n, t, 3, s, s), &Device::Cpu).unwrap()
+    test_support::randn((n, t, 3, s, s))
 }
 
 #[test]

@@ -3,13 +3,15 @@
 //! the clip), odd and even sizes, more than one clip, and a second call on kept buffers.
 #![allow(clippy::unwrap_used)]
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use super::Kernel;
 use crate::{ParamRole, Tsm, TsmConfig};
 
-/// A model with random BN statistics and affine parameters, so the folded biases and scales
+/// A model with seeded random weights, BN statistics and affine parameters, so the folded biases and scales
 /// are not the identity.
 fn model(depth: usize, num_seg: usize, shift: bool) -> Tsm {
     let varmap = VarMap::new();
@@ -20,9 +22,11 @@ fn model(depth: usize, num_seg: usize, shift: bool) -> Tsm {
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )
     .unwrap();
+    m.init_weights(|i| ChaCha8Rng::seed_from_u64(i as u64))
+        .unwrap();
     for p in m.params() {
         let n = p.tensor.elem_count();
-        let r = Tensor::rand(0f32, 1.0, n, &Device::Cpu).unwrap();
+        let r = test_support::rand_uniform(0.0, 1.0, n);
         let v = match p.role {
             ParamRole::BnScale | ParamRole::BnVariance => (r + 0.5).unwrap(),
             ParamRole::BnShift | ParamRole::BnMean => (r - 0.5).unwrap(),
@@ -44,7 +48,7 @@ fn plan_vs_ops(m: &Tsm, clips: usize, size: usize, kernel: Kernel) -> f32 {
     let with_plan = per_op.clone().with_plan(kernel).unwrap();
     assert!(with_plan.has_cpu_plan(), "no CPU plan for {:?}", m.config());
     let n = clips * m.config().num_seg;
-    let frames = Tensor::randn(0f32, 1.0, (n, 3, size, size), &Device::Cpu).unwrap();
+    let frames = test_support::randn((n, 3, size, size));
     use candle_nn::ModuleT;
     let want = per_op.forward_t(&frames, false).unwrap();
     let input = frames.to_dtype(kernel_dtype(kernel)).unwrap();

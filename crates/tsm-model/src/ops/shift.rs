@@ -537,8 +537,7 @@ mod kernel_index_tests {
             let ratio = [0.0, 0.125, 0.25, 1.0 / 3.0, 0.5][rng.random_range(0..5)];
             let dtype = dtypes[case % 4];
             let offset = rng.random_range(0..9);
-            let x =
-                Tensor::randn(0f32, 1.0, (clips * t, c, h, w), &Device::Cpu)?.to_dtype(dtype)?;
+            let x = test_support::randn((clips * t, c, h, w)).to_dtype(dtype)?;
             for reverse in [false, true] {
                 let op = TemporalShift {
                     num_seg: t,
