@@ -11,8 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use super::Kernel;
 use crate::{ParamRole, Tsm, TsmConfig};
 
-/// A model with seeded random weights, BN statistics and affine parameters, so the folded biases and scales
-/// are not the identity.
+/// A model with seeded random weights, BN statistics and affine parameters, so the folded
+/// biases and scales are not the identity.
 fn model(depth: usize, num_seg: usize, shift: bool) -> Tsm {
     let varmap = VarMap::new();
     let mut cfg = TsmConfig::pptsm(depth, 5).with_num_seg(num_seg);
