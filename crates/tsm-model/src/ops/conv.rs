@@ -727,17 +727,27 @@ impl CustomOp2 for Conv {
                 return Ok((g.first().cloned(), g.get(1).cloned()));
             }
             let grad = grad.contiguous()?;
-            let gin = ConvGradInput(Geom {
-                whole_clips: true,
-                ..self.g
-            });
-            let gx = grad.apply_op2_no_bwd(w, &gin)?;
-            let gw = ConvGradWeight(Geom {
-                one_frame_gemms: false,
-                ..self.g
-            });
-            let gw = x.apply_op2_no_bwd(&grad, &gw)?;
-            Ok((Some(gx), Some(gw)))
+            // only the gradients some variable depends on: the clips entering the stem's
+            // first conv need none (computed, it was 0.45 % of a bf16 training step)
+            let gx = if x.track_op() {
+                let gin = ConvGradInput(Geom {
+                    whole_clips: true,
+                    ..self.g
+                });
+                Some(grad.apply_op2_no_bwd(w, &gin)?)
+            } else {
+                None
+            };
+            let gw = if w.track_op() {
+                let gw = ConvGradWeight(Geom {
+                    one_frame_gemms: false,
+                    ..self.g
+                });
+                Some(x.apply_op2_no_bwd(&grad, &gw)?)
+            } else {
+                None
+            };
+            Ok((gx, gw))
         })
     }
 }

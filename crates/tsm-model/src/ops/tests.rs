@@ -412,6 +412,33 @@ fn conv_matches_candles() {
     })
 }
 
+/// A conv's backward gives a gradient only to the operands that a variable depends on (the
+/// clips entering the stem's first conv get none), and the other operand's is unchanged.
+#[test]
+fn conv_gradients_skip_operands_that_need_none() {
+    on_each_device(|dev| {
+        let (x, w) = (
+            randn(&[2, 8, 9, 9], DType::F32, dev)?,
+            randn(&[16, 8, 3, 3], DType::F32, dev)?,
+        );
+        let (xv, wv) = (Var::from_tensor(&x)?, Var::from_tensor(&w)?);
+        let loss = |x: &Tensor, w: &Tensor| conv2d(x, w, 1, 1, None, F32)?.sqr()?.sum_all();
+        let both = loss(xv.as_tensor(), wv.as_tensor())?.backward()?;
+        let only_w = loss(&x, wv.as_tensor())?.backward()?;
+        let only_x = loss(xv.as_tensor(), &w)?.backward()?;
+        assert!(only_w.get(&x).is_none() && only_x.get(&w).is_none());
+        let same = |a: Option<&Tensor>, b: Option<&Tensor>| -> Result<()> {
+            let (Some(a), Some(b)) = (a, b) else {
+                candle_core::bail!("a gradient is missing")
+            };
+            assert_eq!(rel_err(a, b), 0.0);
+            Ok(())
+        };
+        same(only_w.get(wv.as_tensor()), both.get(wv.as_tensor()))?;
+        same(only_x.get(xv.as_tensor()), both.get(xv.as_tensor()))
+    })
+}
+
 /// bf16 products: the forward against candle's conv of the operands rounded to bf16 (the same
 /// products, exact in f32, summed in another order); the gradients, whose fast path also rounds
 /// the output gradient to bf16, within bf16's rounding of it. On a CPU without avx512_bf16, the
