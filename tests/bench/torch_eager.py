@@ -2,6 +2,7 @@
 
     python torch_eager.py eval|train DEPTH NUM_SEG SIZE BATCH ITERS [--device cuda:0|cpu]
         [--dtype f32|bf16] [--tf32] [--cudnn-benchmark] [--channels-last] [--check-params]
+    [--profile]
 
 The network is PaddleVideo's PP-TSM (ppvideo 2.3.1's ResNetTweaksTSM backbone and ppTSMHead,
 which tsm-model reproduces), written in plain PyTorch eager with nothing compiled or fused:
@@ -44,7 +45,10 @@ Fairness settings:
 Prints one JSON line: engine, mode, dtype, batch, clips (BATCH * ITERS), seconds, clips_per_s and
 peak_mem_mb (torch.cuda.max_memory_allocated on CUDA, peak RSS on the CPU). --check-params prints
 the trainable parameter count of the model instead (BN running statistics are buffers, not
-counted) and exits.
+counted) and exits. --profile (CPU) then runs ITERS more iterations under torch.profiler and adds
+parts_ms, the time of one iteration by part in the parts of tsm-rs's model_bench step profile
+(PROFILE_PARTS: each operator's own time goes to the part of its nearest enclosing operator
+that names one, the rest to "rest"), and profiled_seconds, one profiled iteration's time.
 
 Needs only the standard library and torch.
 """
@@ -257,6 +261,7 @@ def parse_args():
     p.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning, 3 warm-ups")
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and activations")
     p.add_argument("--check-params", action="store_true", help="print the parameter count")
+    p.add_argument("--profile", action="store_true", help="add the time by part (CPU)")
     return p.parse_args()
 
 
@@ -313,6 +318,69 @@ def peak_mem_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+# The parts of tsm-rs's step profile (model_bench --profile), and the operators (profiler event
+# names; a "*" ends a prefix) whose time goes to each. An operator's own time goes to the part of
+# its nearest enclosing operator that names one: SGD's adds are the optimizer's, a conv's copies
+# the conv's. The temporal shift is marked by a record_function around it while profiling.
+SHIFT_MARK = "temporal shift"
+PROFILE_PARTS = [
+    ("conv forward", ["aten::conv2d", "aten::convolution", "aten::mkldnn_convolution"]),
+    ("conv backward", ["aten::convolution_backward"]),
+    ("BN forward", ["aten::native_batch_norm", "aten::_batch_norm_impl_index"]),
+    ("BN backward", ["aten::native_batch_norm_backward"]),
+    (SHIFT_MARK, [SHIFT_MARK, "autograd::engine::evaluate_function: CopySlices",
+                  "autograd::engine::evaluate_function: SliceBackward0"]),
+    ("max and avg pools", ["aten::max_pool2d*", "aten::avg_pool2d*", "aten::adaptive_avg_pool*",
+                           "aten::_adaptive_avg_pool*"]),
+    ("activation, residual add", ["aten::leaky_relu*"]),
+    ("optimizer (SGD update)", ["Optimizer.*"]),
+]
+REST = "rest"
+
+
+def part_of(name):
+    for part, names in PROFILE_PARTS:
+        for n in names:
+            if name == n or (n.endswith("*") and name.startswith(n[:-1])):
+                return part
+    return None
+
+
+def profile_parts(step, iters):
+    """(milliseconds of one iteration by part, seconds of one profiled iteration)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    global temporal_shift
+    unmarked = temporal_shift
+
+    def marked(*a):
+        with record_function(SHIFT_MARK):
+            return unmarked(*a)
+
+    temporal_shift = marked
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for _ in range(iters):
+                step()
+            seconds = (time.perf_counter() - start) / iters
+    finally:
+        temporal_shift = unmarked
+    parts = OrderedDict((p, 0.0) for p, _ in PROFILE_PARTS)
+    parts[REST] = 0.0
+    for e in prof.events():
+        part, up = None, e
+        while up is not None and part is None:
+            part = part_of(up.name)
+            # the forward's residual add: an add at the top level (backward's adds run inside
+            # autograd's evaluate_function events, SGD's inside its step)
+            if part is None and up.name == "aten::add_" and up.cpu_parent is None:
+                part = "activation, residual add"
+            up = up.cpu_parent
+        parts[part or REST] += e.self_cpu_time_total / 1e3 / iters
+    return parts, seconds
+
+
 def main():
     args = parse_args()
     torch.manual_seed(0)
@@ -341,6 +409,10 @@ def main():
         "clips_per_s": clips_done / seconds,
         "peak_mem_mb": peak_mem_mb(device),
     }
+    if args.profile:
+        if device.type != "cpu":
+            raise SystemExit("--profile: CPU only")
+        result["parts_ms"], result["profiled_seconds"] = profile_parts(step, args.iters)
     print(json.dumps(result))
 
 

@@ -685,7 +685,8 @@ pub fn model(quick: bool, threads: Option<usize>, rounds: usize) -> Result<()> {
              {vs_ov_default} | {vs_torch} | {rss:.0} | {rss_ratio} |"
         );
     }
-    layer_profile(&bench, &threads, eval_iters)
+    layer_profile(&bench, &threads, eval_iters)?;
+    step_profile(&bench, &threads, if quick { 1 } else { 3 })
 }
 
 /// The median of the rounds' clips/s (the mean of the middle two for an even count).
@@ -701,7 +702,9 @@ fn median_clips_per_s(ms: &[Measurement]) -> f64 {
 
 /// `cargo xtask bench model-profile`: only the per-layer profile of `bench model`.
 pub fn model_profile(threads: Option<usize>, iters: usize) -> Result<()> {
-    layer_profile(&ModelBench::build()?, &thread_count(threads), iters)
+    let (bench, threads) = (ModelBench::build()?, thread_count(threads));
+    layer_profile(&bench, &threads, iters)?;
+    step_profile(&bench, &threads, 3)
 }
 
 /// Why model_bench skipped its run, where it printed a `{"skipped": ..}` line.
@@ -766,6 +769,182 @@ fn layer_profile(bench: &ModelBench, threads: &str, ov_iters: usize) -> Result<(
         print_joined(&join_profiles(&ours, &ov), &ours, ov_total);
     }
     Ok(())
+}
+
+/// Prints a training step at batch 2 by part, ours (`model_bench train --profile`, each op
+/// synchronised) against PyTorch eager in the same precision (`torch_eager.py --profile`, each
+/// operator's own time in torch.profiler, parted as ours): f32, then, where this CPU runs our
+/// bf16 kernels, bf16 against PyTorch's bf16 autocast. Both profilers slow what they measure,
+/// so each column's total is its profiled step, beside the step's unprofiled time.
+fn step_profile(bench: &ModelBench, threads: &str, iters: usize) -> Result<()> {
+    let args = ["train", "50", "8", "224", "2"].map(String::from);
+    let iters = iters.to_string();
+    let mut columns = Vec::new();
+    for (dtype, torch_name) in [("f32", TORCH_F32), ("bf16", TORCH_BF16)] {
+        let mut cmd = Command::new(&bench.ours);
+        cmd.args(&args)
+            .args([iters.as_str(), "--profile", "--dtype", dtype])
+            .env("RAYON_NUM_THREADS", threads);
+        eprintln!("xtask: bench: {cmd:?}");
+        let out = cmd.output().context("running our step profile")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("our step profile failed: {}", stderr.trim_end());
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if let Some(why) = skipped(&stdout) {
+            eprintln!("xtask: bench: the {dtype} step profile not run: {why}");
+            continue;
+        }
+        let ours = parse_step_table(&stderr).context("reading model_bench's step profile")?;
+        let ours_step = parse_measurement(&stdout)?;
+        let torch_out = bench_stdout(
+            Command::new(&bench.torch)
+                .arg(project_root().join("tests/bench/torch_eager.py"))
+                .args(&args)
+                .args([
+                    iters.as_str(),
+                    "--device",
+                    "cpu",
+                    "--dtype",
+                    dtype,
+                    "--profile",
+                ])
+                .env("OMP_NUM_THREADS", threads),
+        )?;
+        let torch = parse_torch_parts(&torch_out).context("reading torch_eager.py's profile")?;
+        let torch_step = parse_measurement(&torch_out)?;
+        columns.push((
+            format!("tsm-rs {dtype}"),
+            torch_name,
+            [ours, torch],
+            [
+                ours_step.seconds / ours_step.clips * 2.0,
+                torch_step.seconds / torch_step.clips * 2.0,
+            ],
+        ));
+    }
+    println!(
+        "\ntraining step by part, batch 2, {threads} thread(s), ms per step: tsm-rs \
+         (`model_bench --profile`, each op synchronised) against PyTorch eager in the same \
+         precision (torch.profiler, each operator's own time); `profiled`: the profiled step, \
+         `unprofiled`: the same step timed without a profiler"
+    );
+    let mut header = "| part |".to_string();
+    let mut rule = "|---|".to_string();
+    for (ours, torch, _, _) in &columns {
+        header += &format!(" {ours} | {torch} | ratio |");
+        rule += "---:|---:|---:|";
+    }
+    println!("{header}\n{rule}");
+    let mut parts: Vec<&str> = Vec::new();
+    for (_, _, tables, _) in &columns {
+        for table in tables {
+            for (part, _) in table {
+                if !parts.contains(&part.as_str()) {
+                    parts.push(part);
+                }
+            }
+        }
+    }
+    let cell = |table: &[(String, f64)], part: &str| {
+        table.iter().find(|(p, _)| p == part).map(|(_, ms)| *ms)
+    };
+    let row = |pair: [Option<f64>; 2]| -> String {
+        let ms = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.1}"));
+        let ratio = match pair {
+            [Some(a), Some(b)] if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        format!(" {} | {} | {ratio} |", ms(pair[0]), ms(pair[1]))
+    };
+    for part in parts {
+        let mut line = format!("| {part} |");
+        for (_, _, [ours, torch], _) in &columns {
+            line += &row([cell(ours, part), cell(torch, part)]);
+        }
+        println!("{line}");
+    }
+    let mut profiled = "| profiled |".to_string();
+    let mut unprofiled = "| unprofiled |".to_string();
+    for (_, _, tables, seconds) in &columns {
+        let total = |t: &[(String, f64)]| Some(t.iter().map(|(_, ms)| ms).sum());
+        profiled += &row([total(&tables[0]), total(&tables[1])]);
+        unprofiled += &row(seconds.map(|s| Some(s * 1e3)));
+    }
+    println!("{profiled}\n{unprofiled}");
+    Ok(())
+}
+
+/// Reads the step table `model_bench train --profile` prints (`| part | ms | % |`); its last
+/// row, "rest (...)", is `rest` as in torch_eager.py's parts.
+fn parse_step_table(text: &str) -> Result<Vec<(String, f64)>> {
+    let mut lines = text.lines().skip_while(|l| !l.starts_with("| part | ms |"));
+    lines.next().context("no `| part | ms | ...` table")?;
+    let mut parts = Vec::new();
+    for line in lines.take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if cells
+            .iter()
+            .all(|c| c.chars().all(|ch| matches!(ch, '-' | ':')))
+        {
+            continue;
+        }
+        let [label, ms, ..] = cells[..] else {
+            bail!("short row {line}")
+        };
+        let label = if label.starts_with("rest") {
+            "rest"
+        } else {
+            label
+        };
+        let ms = ms.parse().with_context(|| format!("ms in {line}"))?;
+        parts.push((label.to_string(), ms));
+    }
+    if parts.is_empty() {
+        bail!("the step profile has no rows");
+    }
+    Ok(parts)
+}
+
+/// The `"parts_ms": {"label": ms, ...}` object of torch_eager.py's last JSON line.
+fn parse_torch_parts(stdout: &str) -> Result<Vec<(String, f64)>> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("no result line")?;
+    let at = line
+        .find("\"parts_ms\"")
+        .context("no parts_ms in the result line")?;
+    let body = line[at..]
+        .split_once('{')
+        .and_then(|(_, b)| b.split_once('}'))
+        .map(|(b, _)| b)
+        .context("parts_ms is not an object")?;
+    let mut parts = Vec::new();
+    let mut rest = body.trim();
+    while !rest.is_empty() {
+        let (label, after) = rest
+            .strip_prefix('"')
+            .and_then(|r| r.split_once('"'))
+            .with_context(|| format!("parts_ms: no label at {rest:?}"))?;
+        let after = after
+            .trim_start()
+            .strip_prefix(':')
+            .context("parts_ms: no `:`")?;
+        let (value, next) = after.split_once(',').unwrap_or((after, ""));
+        let ms = value
+            .trim()
+            .parse()
+            .with_context(|| format!("parts_ms: {label}: {value:?}"))?;
+        parts.push((label.to_string(), ms));
+        rest = next.trim();
+    }
+    if parts.is_empty() {
+        bail!("parts_ms is empty");
+    }
+    Ok(parts)
 }
 
 /// The joined table, with a totals row (ours summed over our steps, OpenVINO's over all its
@@ -1086,6 +1265,40 @@ fn cpu_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_our_step_profile_table() {
+        let stderr = "noise\n\nprofile of one training step (batch 2, synchronised per op): 2.1 s\n\
+                      | part | ms | % |\n|---|---:|---:|\n| conv forward | 611.10 | 27.2 |\n\
+                      | activation, residual add | 62.77 | 2.8 |\n\
+                      | rest (head, loss, candle's gradient sums) | 37.50 | 1.7 |\n{\"clips\": 8}\n";
+        let parts = parse_step_table(stderr).unwrap();
+        let want = [
+            ("conv forward", 611.10),
+            ("activation, residual add", 62.77),
+            ("rest", 37.50),
+        ];
+        assert_eq!(parts, want.map(|(l, ms)| (l.to_string(), ms)));
+        assert!(parse_step_table("| part | ms | % |\n|---|---:|---:|\n").is_err());
+        assert!(parse_step_table("| part | ms | % |\n| conv | x | 1 |\n").is_err());
+    }
+
+    #[test]
+    fn reads_torch_eagers_parts() {
+        let stdout = "warning\n{\"engine\": \"pytorch-eager\", \"parts_ms\": {\"conv forward\": \
+                      465.5, \"activation, residual add\": 1.25e2, \"rest\": 262}, \
+                      \"profiled_seconds\": 2.6}\n";
+        let parts = parse_torch_parts(stdout).unwrap();
+        let want = [
+            ("conv forward", 465.5),
+            ("activation, residual add", 125.0),
+            ("rest", 262.0),
+        ];
+        assert_eq!(parts, want.map(|(l, ms)| (l.to_string(), ms)));
+        assert!(parse_torch_parts("{\"clips\": 4}").is_err());
+        assert!(parse_torch_parts("{\"parts_ms\": {}}").is_err());
+        assert!(parse_torch_parts("{\"parts_ms\": {\"conv\": nan?}}").is_err());
+    }
 
     #[test]
     fn median_over_rounds() {

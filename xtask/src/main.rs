@@ -103,7 +103,8 @@ enum BenchWhat {
     },
     /// PP-TSM R50, 8 frames at 224: eval (batch 1 and 8) and a training step (batch 2), ours
     /// against Paddle 3.3.1 on the CPU with the same thread count; then our per-layer profile,
-    /// joined with OpenVINO's (as `model-profile` prints it).
+    /// joined with OpenVINO's, and the training step by part against PyTorch's (as
+    /// `model-profile` prints them).
     Model {
         /// One timed iteration per measurement instead of several.
         #[arg(long)]
@@ -116,11 +117,13 @@ enum BenchWhat {
         #[arg(long, default_value_t = 1)]
         rounds: usize,
     },
-    /// Only the per-layer profile that `bench model` ends with: our batch-1 eval forward, step
-    /// by step, joined with OpenVINO's performance counters for the same layers of our exported
-    /// model (same threads): in f32 against OpenVINO's f32 (`tests/bench/onnx_engines.py
+    /// Only the profiles that `bench model` ends with: our batch-1 eval forward, step by step,
+    /// joined with OpenVINO's performance counters for the same layers of our exported model
+    /// (same threads): in f32 against OpenVINO's f32 (`tests/bench/onnx_engines.py
     /// openvino-f32-profile`), then, where this CPU runs our bf16 kernel, in bf16 against
-    /// OpenVINO's default precision (`openvino-profile`).
+    /// OpenVINO's default precision (`openvino-profile`); then a training step at batch 2 by
+    /// part (convs, BN, shift, pools, activations, optimizer, rest) against PyTorch eager's in
+    /// the same precision (`tests/bench/torch_eager.py --profile`).
     ModelProfile {
         /// Threads for both sides (default: all cores).
         #[arg(long)]
