@@ -391,6 +391,8 @@ def main():
         print(json.dumps({"engine": "pytorch-eager", "depth": args.depth, "params": count}))
         return
     device = torch.device(args.device)
+    if args.profile and device.type != "cpu":
+        raise SystemExit("--profile: CPU only")
     set_backends(args)
     model.to(device)
     if args.channels_last:
@@ -410,8 +412,6 @@ def main():
         "peak_mem_mb": peak_mem_mb(device),
     }
     if args.profile:
-        if device.type != "cpu":
-            raise SystemExit("--profile: CPU only")
         result["parts_ms"], result["profiled_seconds"] = profile_parts(step, args.iters)
     print(json.dumps(result))
 
