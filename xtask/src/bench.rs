@@ -179,11 +179,7 @@ impl Measurement {
 /// Parses the one JSON line `{"clips": .., "seconds": .., "peak_rss_mb": ..}` a bench process
 /// prints last.
 fn parse_measurement(stdout: &str) -> Result<Measurement> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .context("bench process printed no result line")?;
+    let line = result_line(stdout)?;
     Ok(Measurement {
         clips: json_number(line, "clips")?,
         seconds: json_number(line, "seconds")?,
@@ -194,6 +190,15 @@ fn parse_measurement(stdout: &str) -> Result<Measurement> {
 }
 
 /// The number under key `k` of a flat one-line JSON object.
+/// The last JSON line of a bench process's stdout: its result.
+fn result_line(stdout: &str) -> Result<&str> {
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("bench process printed no result line")
+}
+
 fn json_number(line: &str, k: &str) -> Result<f64> {
     let at = line
         .find(&format!("\"{k}\""))
@@ -909,11 +914,7 @@ fn parse_step_table(text: &str) -> Result<Vec<(String, f64)>> {
 
 /// The `"parts_ms": {"label": ms, ...}` object of torch_eager.py's last JSON line.
 fn parse_torch_parts(stdout: &str) -> Result<Vec<(String, f64)>> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .context("no result line")?;
+    let line = result_line(stdout)?;
     let at = line
         .find("\"parts_ms\"")
         .context("no parts_ms in the result line")?;
