@@ -189,7 +189,6 @@ fn parse_measurement(stdout: &str) -> Result<Measurement> {
     })
 }
 
-/// The number under key `k` of a flat one-line JSON object.
 /// The last JSON line of a bench process's stdout: its result.
 fn result_line(stdout: &str) -> Result<&str> {
     stdout
@@ -199,6 +198,7 @@ fn result_line(stdout: &str) -> Result<&str> {
         .context("bench process printed no result line")
 }
 
+/// The number under key `k` of a flat one-line JSON object.
 fn json_number(line: &str, k: &str) -> Result<f64> {
     let at = line
         .find(&format!("\"{k}\""))
@@ -705,7 +705,7 @@ fn median_clips_per_s(ms: &[Measurement]) -> f64 {
     }
 }
 
-/// `cargo xtask bench model-profile`: only the per-layer profile of `bench model`.
+/// `cargo xtask bench model-profile`: only the profiles `bench model` ends with.
 pub fn model_profile(threads: Option<usize>, iters: usize) -> Result<()> {
     let (bench, threads) = (ModelBench::build()?, thread_count(threads));
     layer_profile(&bench, &threads, iters)?;
@@ -729,8 +729,7 @@ fn layer_profile(bench: &ModelBench, threads: &str, ov_iters: usize) -> Result<(
         ("f32", "openvino-f32-profile"),
         ("bf16", "openvino-profile"),
     ] {
-        let mut cmd = Command::new(&bench.ours);
-        cmd.args([
+        let args = [
             "eval",
             "50",
             "8",
@@ -740,18 +739,10 @@ fn layer_profile(bench: &ModelBench, threads: &str, ov_iters: usize) -> Result<(
             "--profile",
             "--dtype",
             dtype,
-        ])
-        .env("RAYON_NUM_THREADS", threads);
-        eprintln!("xtask: bench: {cmd:?}");
-        let out = cmd.output().context("running our profile")?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            bail!("our profile run failed: {}", stderr.trim_end());
-        }
-        if let Some(why) = skipped(&String::from_utf8_lossy(&out.stdout)) {
-            eprintln!("xtask: bench: the {dtype} per-layer profile not run: {why}");
+        ];
+        let Some((_, stderr)) = our_profile(bench, &args, threads, "per-layer")? else {
             continue;
-        }
+        };
         println!("{}", stderr.trim_end());
         let ours = parse_our_profile(&stderr).context("reading model_bench's profile table")?;
         let stdout = bench_stdout(
@@ -776,37 +767,52 @@ fn layer_profile(bench: &ModelBench, threads: &str, ov_iters: usize) -> Result<(
     Ok(())
 }
 
+/// Runs model_bench with `args` (a `--profile` run, `--dtype` last) on `threads`: its stdout
+/// and stderr (where the profile is), or `None`, said on stderr, where it skipped the dtype on
+/// this CPU (the `what` profile not run).
+fn our_profile(
+    bench: &ModelBench,
+    args: &[&str],
+    threads: &str,
+    what: &str,
+) -> Result<Option<(String, String)>> {
+    let mut cmd = Command::new(&bench.ours);
+    cmd.args(args).env("RAYON_NUM_THREADS", threads);
+    eprintln!("xtask: bench: {cmd:?}");
+    let out = cmd.output().context("running our profile")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("our profile run failed: {}", stderr.trim_end());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if let Some(why) = skipped(&stdout) {
+        let dtype = args.last().copied().unwrap_or_default();
+        eprintln!("xtask: bench: the {dtype} {what} profile not run: {why}");
+        return Ok(None);
+    }
+    Ok(Some((stdout, stderr)))
+}
+
 /// Prints a training step at batch 2 by part, ours (`model_bench train --profile`, each op
 /// synchronised) against PyTorch eager in the same precision (`torch_eager.py --profile`, each
 /// operator's own time in torch.profiler, parted as ours): f32, then, where this CPU runs our
 /// bf16 kernels, bf16 against PyTorch's bf16 autocast. Both profilers slow what they measure,
 /// so each column's total is its profiled step, beside the step's unprofiled time.
 fn step_profile(bench: &ModelBench, threads: &str, iters: usize) -> Result<()> {
-    let args = ["train", "50", "8", "224", "2"].map(String::from);
+    let args = ["train", "50", "8", "224", "2"];
     let iters = iters.to_string();
     let mut columns = Vec::new();
     for (dtype, torch_name) in [("f32", TORCH_F32), ("bf16", TORCH_BF16)] {
-        let mut cmd = Command::new(&bench.ours);
-        cmd.args(&args)
-            .args([iters.as_str(), "--profile", "--dtype", dtype])
-            .env("RAYON_NUM_THREADS", threads);
-        eprintln!("xtask: bench: {cmd:?}");
-        let out = cmd.output().context("running our step profile")?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            bail!("our step profile failed: {}", stderr.trim_end());
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if let Some(why) = skipped(&stdout) {
-            eprintln!("xtask: bench: the {dtype} step profile not run: {why}");
+        let ours_args = [&args[..], &[&iters, "--profile", "--dtype", dtype]].concat();
+        let Some((stdout, stderr)) = our_profile(bench, &ours_args, threads, "step")? else {
             continue;
-        }
+        };
         let ours = parse_step_table(&stderr).context("reading model_bench's step profile")?;
         let ours_step = parse_measurement(&stdout)?;
         let torch_out = bench_stdout(
             Command::new(&bench.torch)
                 .arg(project_root().join("tests/bench/torch_eager.py"))
-                .args(&args)
+                .args(args)
                 .args([
                     iters.as_str(),
                     "--device",
@@ -884,17 +890,9 @@ fn step_profile(bench: &ModelBench, threads: &str, iters: usize) -> Result<()> {
 /// Reads the step table `model_bench train --profile` prints (`| part | ms | % |`); its last
 /// row, "rest (...)", is `rest` as in torch_eager.py's parts.
 fn parse_step_table(text: &str) -> Result<Vec<(String, f64)>> {
-    let mut lines = text.lines().skip_while(|l| !l.starts_with("| part | ms |"));
-    lines.next().context("no `| part | ms | ...` table")?;
+    let (_, rows) = markdown_table(text, "| part | ms |")?;
     let mut parts = Vec::new();
-    for line in lines.take_while(|l| l.starts_with('|')) {
-        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        if cells
-            .iter()
-            .all(|c| c.chars().all(|ch| matches!(ch, '-' | ':')))
-        {
-            continue;
-        }
+    for (line, cells) in rows {
         let [label, ms, ..] = cells[..] else {
             bail!("short row {line}")
         };
@@ -993,31 +991,19 @@ struct StepTime {
 /// Reads the markdown table `model_bench --profile` prints (`| step | calls | ms | ... |`),
 /// finding the columns by their header so that added columns do not matter.
 fn parse_our_profile(text: &str) -> Result<Vec<StepTime>> {
-    let cells = |l: &str| -> Vec<String> {
-        let inner = l.trim().trim_start_matches('|').trim_end_matches('|');
-        inner.split('|').map(|c| c.trim().to_string()).collect()
-    };
-    let mut lines = text.lines().skip_while(|l| !l.starts_with("| step |"));
-    let header = cells(lines.next().context("no `| step | ...` table")?);
+    let (header, rows) = markdown_table(text, "| step |")?;
     let column = |name: &str| {
         header
             .iter()
-            .position(|h| h == name)
+            .position(|h| *h == name)
             .with_context(|| format!("no {name} column in {header:?}"))
     };
     let (label, calls, ms) = (column("step")?, column("calls")?, column("ms")?);
     let mut steps = Vec::new();
-    for line in lines.take_while(|l| l.starts_with('|')) {
-        let row = cells(line);
-        if row
-            .iter()
-            .all(|c| c.chars().all(|ch| matches!(ch, '-' | ':')))
-        {
-            continue; // the |---| line
-        }
+    for (line, row) in rows {
         let cell = |i: usize| row.get(i).with_context(|| format!("short row {line}"));
         steps.push(StepTime {
-            label: cell(label)?.clone(),
+            label: cell(label)?.to_string(),
             calls: cell(calls)?
                 .parse()
                 .with_context(|| format!("calls in {line}"))?,
@@ -1028,6 +1014,34 @@ fn parse_our_profile(text: &str) -> Result<Vec<StepTime>> {
         bail!("the profile table has no rows");
     }
     Ok(steps)
+}
+
+/// A markdown table row: the line, and its cells.
+type TableRow<'a> = (&'a str, Vec<&'a str>);
+
+/// The first markdown table in `text` whose header line starts with `header_start`: its
+/// header's cells, and each row after the `|---|` rule with its cells (trimmed).
+fn markdown_table<'a>(
+    text: &'a str,
+    header_start: &str,
+) -> Result<(Vec<&'a str>, Vec<TableRow<'a>>)> {
+    let cells = |l: &'a str| -> Vec<&'a str> {
+        let inner = l.trim().trim_start_matches('|').trim_end_matches('|');
+        inner.split('|').map(str::trim).collect()
+    };
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(header_start));
+    let header = lines
+        .next()
+        .with_context(|| format!("no `{header_start} ...` table"))?;
+    let rows = lines
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| (l, cells(l)))
+        .filter(|(_, row)| {
+            !row.iter()
+                .all(|c| c.chars().all(|ch| matches!(ch, '-' | ':')))
+        })
+        .collect();
+    Ok((cells(header), rows))
 }
 
 /// One label of OpenVINO's profile (`onnx_engines.py openvino-f32-profile` or `openvino-profile`).
